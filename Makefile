@@ -1,0 +1,36 @@
+# Two entry points: `make demo` and `make test`. Both install everything first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := fluidsynth libfluidsynth3 ffmpeg libsndfile1
+STAMP := $(VENV)/.installed
+
+.PHONY: install system demo test clean
+
+system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "warning: missing system packages:$$missing (run 'make system' as root)"; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(MAKE) system
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/stemjepa demo --out demo_out
+
+test: install
+	$(PY) -m pytest -q -x --timeout=900
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

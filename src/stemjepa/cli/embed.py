@@ -1,0 +1,46 @@
+"""`stemjepa embed`: one mean-pooled embedding per audio file."""
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("embed", help="embed audio files with a checkpoint (one mean-pooled vector per file)")
+    p.add_argument("files", nargs="+", help="audio files")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint")
+    p.add_argument("--out", help="save the (n_files, d) array to this .npy file instead of printing")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..audio.io import load_audio
+    from ..errors import StemJepaError
+    from ..models import load_model
+
+    model = load_model(args.checkpoint, device=args.device)
+    vectors, failed = [], []
+    for path in args.files:
+        try:
+            wave = load_audio(path, model.sample_rate)
+        except StemJepaError as exc:
+            print(f"warning: skipped {exc}")
+            failed.append(path)
+            continue
+        vectors.append((path, model.embed(wave, args.batch_size).vector))
+    if not vectors:
+        raise StemJepaError("no file could be embedded")
+    if args.out:
+        out = Path(args.out)
+        if out.exists():
+            raise StemJepaError(f"{out}: exists already; choose another --out")
+        np.save(out, np.stack([v for _, v in vectors]))
+        print(f"saved {len(vectors)} embeddings of dimension {vectors[0][1].shape[0]} to {out}")
+    else:
+        np.set_printoptions(precision=4, suppress=True, linewidth=120, threshold=12)
+        for path, v in vectors:
+            print(f"{path}\t{v}")
+    return 1 if failed else 0

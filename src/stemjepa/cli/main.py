@@ -1,0 +1,55 @@
+"""The `stemjepa` command: one entry point, one module per subcommand.
+
+Each module in COMMANDS defines `add_parser(subparsers)` which registers its sub-parser and sets `func=run(args)`.
+User-facing errors (StemJepaError) are printed as one line and exit with status 2, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .. import __version__
+from ..errors import StemJepaError
+
+COMMANDS = ["fit", "embed", "synth", "prepare", "eval", "index", "query", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stemjepa", description="Zero-shot musical stem retrieval with JEPAs.")
+    parser.add_argument("--version", action="version", version=f"stemjepa {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more logging, and full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"stemjepa.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"stemjepa.cli.{name}":
+                continue  # subcommand not built into this version
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except StemJepaError as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

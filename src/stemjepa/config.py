@@ -1,0 +1,254 @@
+"""Typed configuration, named after the paper's terms, loaded from YAML files under `configs/`.
+
+A YAML config may name a `base:` config whose values it overrides; `key.sub=value` overrides on the command line apply last.
+The whole config is saved inside every checkpoint, so a checkpoint alone rebuilds its model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class FrontendConfig:
+    """Log-mel front-end (SPEC section 2)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 400
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+    f_min: float = 50.0
+    f_max: float = 8000.0
+    log_eps: float = 1.1920929e-07
+    norm_mean: float = -9.453
+    norm_std: float = 3.569
+
+
+@dataclass
+class EncoderConfig:
+    """ViT encoder f_theta. `size` picks defaults; explicit dims override them."""
+
+    size: str = "base"
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    patch_size: int = 16
+    mlp_ratio: float = 4.0
+    chunk_seconds: float = 8.0
+
+
+@dataclass
+class ConditioningConfig:
+    """How the instrument c reaches the predictor: `classes` (learned embedding per class) or `text` (frozen text encoder)."""
+
+    kind: str = "text"  # "classes" | "text"
+    text_backend: str = "minilm"  # "minilm" | "clap"
+    clap_model: str = "laion/larger_clap_music"  # local directory or a model id in the local Hugging Face cache
+    classes: list[str] = field(default_factory=lambda: ["bass", "drums", "vocals", "other"])
+    class_fallback: str = "other"
+    class_dim: int = 768
+
+
+@dataclass
+class PredictorConfig:
+    """Token-wise MLP g_phi: L layers, m hidden units, conditioning by `concat` (Stem-JEPA) or `film` (Eq. 5)."""
+
+    num_layers: int = 6
+    hidden_dim: int = 1024
+    conditioning: str = "film"  # "film" | "concat"
+    final_norm: bool = True
+
+
+@dataclass
+class ModelConfig:
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay. `lr` is the base learning rate for a global batch of `lr_batch_ref`."""
+
+    lr: float = 1e-3
+    lr_batch_ref: int = 256  # lr scales linearly with global batch / lr_batch_ref
+    min_lr_ratio: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    warmup_steps: int = 20000
+    grad_clip: float = 3.0
+    fused: bool | None = None  # None: fused AdamW on CUDA
+
+
+@dataclass
+class ContrastiveConfig:
+    """Phase 1: InfoNCE (Eq. 1) with a trainable temperature."""
+
+    temperature_init: float = 0.1
+    temperature_min: float = 0.01
+    symmetric: bool = False
+
+
+@dataclass
+class JEPAConfig:
+    """Phase 2: Eq. 3 loss and the EMA schedule of Eq. 4."""
+
+    ema_tau_start: float = 0.99995
+    ema_tau_end: float = 0.99999
+    loss_reduction: str = "mean"  # "mean" over tokens (Stem-JEPA code) or "sum" (Eq. 3 as written)
+    standardize_targets: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Context/target sampling from the training cache (paper Sec. II-E)."""
+
+    batch_size: int = 256  # global batch, split across devices
+    num_workers: int = 8
+    prefetch_factor: int = 4
+    activity_db: float = -50.0  # a frame is active above this RMS level (dBFS)
+    min_active_fraction: float = 0.25  # a stem is active in a chunk if this fraction of its frames is
+    max_context_stems: int = 8
+    label_level: str = "random"  # "random" (phase 2, paper) | "fine" | "coarse"
+    unlabelled: str = "music"
+    split: str | None = "train"
+    gain_db: float = 0.0  # random per-stem gain in [-gain_db, +gain_db] when mixing the context
+
+
+@dataclass
+class TrainConfig:
+    """One training phase. phase=1: contrastive pretraining of the encoder; phase=2: JEPA with EMA target encoder."""
+
+    name: str = "paper_phase2"
+    phase: int = 2
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    jepa: JEPAConfig = field(default_factory=JEPAConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    max_steps: int = 300000
+    seed: int = 0
+    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "32", "bf16-mixed"
+    compile: bool | None = None  # None: torch.compile on CUDA only
+    log_every: int = 50
+    checkpoint_every: int = 5000
+    val_every: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
+        sub = _nested_type(cls, key)
+        kwargs[key] = _build(sub, value, f"{where}.{key}") if sub is not None else _coerce(fields[key], value)
+    return cls(**kwargs)
+
+
+def _nested_type(cls, key):
+    hint = typing.get_type_hints(cls)[key]
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def _coerce(f, value):
+    if f.name == "betas" and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def from_dict(data: dict) -> TrainConfig:
+    return _build(TrainConfig, data, "config")
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _read_yaml(name_or_path: str, seen: tuple = ()) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config {name_or_path!r} not found (a path to a YAML file, or one of: {', '.join(available_configs())})")
+    if str(path) in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    base = data.pop("base", None)
+    if base:
+        data = _deep_update(_read_yaml(base, seen + (str(path),)), data)
+    data.setdefault("name", path.stem)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a named config (configs/NAME.yaml) or a YAML path, then apply `key.sub=value` overrides."""
+    data = _read_yaml(name_or_path)
+    data["name"] = data.get("name") or Path(name_or_path).stem
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return from_dict(data)
+
+
+ENCODER_SIZES = {
+    "tiny": dict(embed_dim=192, depth=4, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+}
+
+
+def encoder_dims(cfg: EncoderConfig) -> tuple[int, int, int]:
+    if cfg.size not in ENCODER_SIZES and None in (cfg.embed_dim, cfg.depth, cfg.num_heads):
+        raise ConfigError(f"encoder size {cfg.size!r} unknown (one of {', '.join(ENCODER_SIZES)}, or give all dims)")
+    d = dict(ENCODER_SIZES.get(cfg.size, {}))
+    for k in ("embed_dim", "depth", "num_heads"):
+        if getattr(cfg, k) is not None:
+            d[k] = getattr(cfg, k)
+    if d["embed_dim"] % d["num_heads"]:
+        raise ConfigError(f"encoder embed_dim {d['embed_dim']} must be divisible by num_heads {d['num_heads']}")
+    if d["embed_dim"] % 4:
+        raise ConfigError("encoder embed_dim must be divisible by 4 (2-D sin-cos positions)")
+    return d["embed_dim"], d["depth"], d["num_heads"]

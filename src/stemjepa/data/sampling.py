@@ -1,0 +1,132 @@
+"""Context/target sampling for training (paper Sec. II-A/B/E), reading only the training cache.
+
+Sample i is a pure function of (seed, i): a resumed run sees exactly the samples an uninterrupted run would have seen.
+For each sample: a song (weighted by length), a random chunk, the stems active in it (frame RMS above a threshold on enough
+frames, from the activity index, without reading audio), a target uniform among them and a context made of a uniformly-sized
+random non-empty subset of the other active stems. Chunks with fewer than two active stems are redrawn, so a context is never
+all silence. The context is returned as separate stems and mixed on the training device.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..config import DataConfig
+from ..errors import DataError
+from .cache import TrainingCache
+from .multitrack import UNLABELLED
+
+log = logging.getLogger(__name__)
+MAX_TRIES = 64
+
+
+def pick_label(labels: list[str], level: str, rng: np.random.Generator, unlabelled: str = UNLABELLED) -> str:
+    """The conditioning label of a stem: a random level of its label path (phase 2), its finest or its coarsest level."""
+    if not labels:
+        return unlabelled
+    if level == "random":
+        return labels[int(rng.integers(len(labels)))]
+    if level == "fine":
+        return labels[-1]
+    if level == "coarse":
+        return labels[0]
+    raise ValueError(f"label_level must be random, fine or coarse, not {level!r}")
+
+
+class ChunkPairDataset(Dataset):
+    """Map-style dataset of `length` (context stems, target, label) samples drawn from a TrainingCache."""
+
+    def __init__(self, cache: TrainingCache, cfg: DataConfig, chunk_samples: int, length: int, seed: int = 0):
+        self.cache = cache
+        self.cfg = cfg
+        self.chunk_samples = chunk_samples
+        self.length = length
+        self.seed = seed
+        eligible, lengths, self.short_songs = [], [], []
+        for i, song in enumerate(cache.songs):
+            if len(song["stems"]) < 2:
+                continue  # a song with one stem gives no (context, target) pair
+            if song["n_samples"] < chunk_samples:
+                self.short_songs.append(song["id"])
+            eligible.append(i)
+            lengths.append(max(song["n_samples"] - chunk_samples, 0) + cache.sample_rate)
+        if not eligible:
+            raise DataError(f"{cache.root}: no song with at least two stems to train on")
+        if self.short_songs:
+            log.warning("%d songs are shorter than one chunk and are padded with silence: %s", len(self.short_songs),
+                        ", ".join(self.short_songs[:5]))
+        self.songs = np.array(eligible)
+        self.weights = np.array(lengths, dtype=np.float64) / np.sum(lengths)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def active_stems(self, song: int, start: int) -> np.ndarray:
+        """Indices of the stems of `song` that are active in the chunk starting at sample `start`."""
+        fs = self.cache.frame_samples(song)
+        rms = self.cache.rms_db(song)
+        f0 = start // fs
+        f1 = max(f0 + 1, -(-(start + self.chunk_samples) // fs))
+        window = rms[:, f0:f1]
+        frac = (window > self.cfg.activity_db).mean(axis=1)
+        return np.flatnonzero(frac >= self.cfg.min_active_fraction)
+
+    def draw(self, index: int) -> tuple[int, int, int, np.ndarray, str, np.random.Generator]:
+        rng = np.random.default_rng([self.seed, index])
+        for _ in range(MAX_TRIES):
+            song = int(rng.choice(self.songs, p=self.weights))
+            n = self.cache.songs[song]["n_samples"]
+            start = int(rng.integers(0, max(n - self.chunk_samples, 0) + 1))
+            active = self.active_stems(song, start)
+            if len(active) < 2:
+                continue
+            target = int(rng.choice(active))
+            others = active[active != target]
+            k = int(rng.integers(1, len(others) + 1))
+            context = np.sort(rng.choice(others, size=min(k, self.cfg.max_context_stems), replace=False))
+            labels = self.cache.songs[song]["stems"][target]["labels"]
+            label = pick_label(labels, self.cfg.label_level, rng, self.cfg.unlabelled)
+            return song, start, target, context, label, rng
+        raise DataError(f"{self.cache.root}: found no chunk with two active stems after {MAX_TRIES} tries; "
+                        f"is the activity threshold ({self.cfg.activity_db} dBFS) too high for this data?")
+
+    def __getitem__(self, index: int) -> dict:
+        song, start, target, context, label, rng = self.draw(index)
+        audio = self.cache.audio(song)
+        n = audio.shape[1]
+        stop = min(start + self.chunk_samples, n)
+        ctx = np.zeros((self.cfg.max_context_stems, self.chunk_samples), dtype=np.float16)
+        tgt = np.zeros(self.chunk_samples, dtype=np.float16)
+        ctx[: len(context), : stop - start] = audio[context, start:stop]
+        tgt[: stop - start] = audio[target, start:stop]
+        gains = np.zeros(self.cfg.max_context_stems, dtype=np.float32)
+        gains[: len(context)] = 1.0
+        if self.cfg.gain_db > 0:
+            gains[: len(context)] = 10 ** (rng.uniform(-self.cfg.gain_db, self.cfg.gain_db, len(context)) / 20)
+        return {"context": torch.from_numpy(ctx), "gains": torch.from_numpy(gains), "target": torch.from_numpy(tgt),
+                "label": label, "index": index}
+
+
+class OffsetSampler(Sampler[int]):
+    """Sequential indices from `start`, strided over data-parallel ranks: rank r of W reads start + r, start + r + W, ...
+
+    Used instead of a DistributedSampler so that the global batch b is samples [b*B, (b+1)*B) whatever the number of devices,
+    and a resumed run starts exactly where the interrupted one stopped.
+    """
+
+    def __init__(self, length: int, start: int = 0, rank: int = 0, world_size: int = 1):
+        self.length, self.start, self.rank, self.world_size = length, start, rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.start + self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return max(0, -(-(self.length - self.start - self.rank) // self.world_size))
+
+
+def mix_context(context: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+    """Sum the context stems (B, C, N) with per-stem gains (B, C) on the training device -> (B, N) float32."""
+    return torch.einsum("bcn,bc->bn", context.float(), gains.float())

@@ -1,0 +1,96 @@
+"""Instrument conditioning: label strings -> conditioning vectors c on the model's device.
+
+`classes` (the Stem-JEPA baseline): a learned embedding per fixed class; a label is mapped to the first class it names.
+`text` (the paper): the frozen text encoder's embedding of the free-form label. Text embeddings are cached per label in a
+buffer-like table that is saved in the checkpoint, so known labels need no text encoder at inference.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ConditioningConfig
+from .text_encoders import get_text_encoder, text_dim
+
+
+def normalize_label(label: str) -> str:
+    return " ".join(str(label).replace("_", " ").split()).strip().lower()
+
+
+class ClassConditioner(nn.Module):
+    def __init__(self, cfg: ConditioningConfig):
+        super().__init__()
+        if not cfg.classes:
+            raise ValueError("classes conditioning needs a non-empty class list")
+        self.classes = [normalize_label(c) for c in cfg.classes]
+        self.fallback = self.classes.index(normalize_label(cfg.class_fallback)) if normalize_label(cfg.class_fallback) in self.classes else len(self.classes) - 1
+        self.dim = cfg.class_dim
+        self.embedding = nn.Embedding(len(self.classes), cfg.class_dim)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def class_index(self, label: str) -> int:
+        """A label (or a ' > '-joined label path) maps to the first class it names, finest level first; else the fallback."""
+        parts = [normalize_label(p) for p in str(label).split(">")]
+        for part in reversed(parts):
+            if part in self.classes:
+                return self.classes.index(part)
+        for part in reversed(parts):  # e.g. "electric bass" -> "bass"
+            for i, c in enumerate(self.classes):
+                if c in part.split():
+                    return i
+        return self.fallback
+
+    def forward(self, labels: list[str]) -> torch.Tensor:
+        idx = torch.tensor([self.class_index(l) for l in labels], device=self.embedding.weight.device)
+        return self.embedding(idx)
+
+
+class TextConditioner(nn.Module):
+    def __init__(self, cfg: ConditioningConfig):
+        super().__init__()
+        self.backend = cfg.text_backend
+        self.clap_model = cfg.clap_model
+        self.dim = text_dim(cfg.text_backend, cfg.clap_model)
+        self.labels: list[str] = []
+        self.index: dict[str, int] = {}
+        self.register_buffer("table", torch.zeros(0, self.dim))
+
+    def add_labels(self, labels) -> None:
+        """Embed labels not seen yet with the frozen text encoder and append them to the table."""
+        new = sorted({normalize_label(l) for l in labels} - set(self.index))
+        if not new:
+            return
+        vectors = torch.from_numpy(get_text_encoder(self.backend, self.clap_model).encode(new))
+        self.table = torch.cat([self.table, vectors.to(self.table.device, self.table.dtype)], dim=0)
+        for label in new:
+            self.index[label] = len(self.labels)
+            self.labels.append(label)
+
+    def forward(self, labels: list[str]) -> torch.Tensor:
+        keys = [normalize_label(l) for l in labels]
+        if any(k not in self.index for k in keys):
+            self.add_labels(keys)
+        idx = torch.tensor([self.index[k] for k in keys], device=self.table.device)
+        return self.table[idx]
+
+    # the label list travels with the table in the checkpoint
+    def get_extra_state(self):
+        return {"labels": list(self.labels)}
+
+    def set_extra_state(self, state) -> None:
+        self.labels = list(state.get("labels", []))
+        self.index = {l: i for i, l in enumerate(self.labels)}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "table"
+        if key in state_dict:  # the saved table may hold more labels than the fresh (empty) one
+            self.table = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def build_conditioner(cfg: ConditioningConfig) -> nn.Module:
+    if cfg.kind == "classes":
+        return ClassConditioner(cfg)
+    if cfg.kind == "text":
+        return TextConditioner(cfg)
+    raise ValueError(f"conditioning kind must be 'classes' or 'text', not {cfg.kind!r}")

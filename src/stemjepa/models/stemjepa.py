@@ -1,0 +1,91 @@
+"""The whole model: log-mel front-end, encoder f_theta, and for phase 2 the EMA target encoder, conditioner and predictor g_phi."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+
+import torch
+from torch import nn
+
+from ..audio.frontend import LogMelFrontend
+from ..config import TrainConfig, encoder_dims
+from .conditioning import build_conditioner
+from .encoder import ViTEncoder
+from .inference import InferenceMixin
+from .predictor import Predictor
+
+
+class StemJEPA(InferenceMixin, nn.Module):
+    """Everything needed to embed audio and predict stems; built from a TrainConfig alone (the config saved in checkpoints)."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        mcfg = cfg.model
+        fcfg = mcfg.frontend
+        self.frontend = LogMelFrontend(fcfg)
+        self.sample_rate = fcfg.sample_rate
+        self.chunk_samples = int(round(mcfg.encoder.chunk_seconds * fcfg.sample_rate))
+        n_frames = self.frontend.num_frames(self.chunk_samples)
+        d, depth, heads = encoder_dims(mcfg.encoder)
+        self.embed_dim = d
+        self.encoder = ViTEncoder(fcfg.n_mels, n_frames, d, depth, heads, mcfg.encoder.patch_size, mcfg.encoder.mlp_ratio)
+        self.patch_samples = fcfg.hop_length * mcfg.encoder.patch_size
+        self.patch_seconds = self.patch_samples / fcfg.sample_rate
+        self.has_predictor = cfg.phase == 2
+        if cfg.phase == 1:
+            t0 = cfg.contrastive.temperature_init
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(t0)))
+        elif cfg.phase == 2:
+            self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+            self.conditioner = build_conditioner(mcfg.conditioning)
+            p = mcfg.predictor
+            self.predictor = Predictor(d, self.conditioner.dim, p.hidden_dim, p.num_layers, p.conditioning, p.final_norm)
+        else:
+            raise ValueError(f"phase must be 1 or 2, not {cfg.phase}")
+        self._model_id: str | None = None
+
+    # --- training-time pieces ------------------------------------------------------------------------------------------
+    def encode(self, wave: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """(B, chunk_samples) waveforms -> (B, F, T, d) patch grid; `target` uses the EMA target encoder (phase 2)."""
+        mel = self.frontend(wave)
+        encoder = self.target_encoder if (target and self.has_predictor) else self.encoder
+        return encoder(mel)
+
+    def condition(self, labels: list[str]) -> torch.Tensor:
+        return self.conditioner(labels)
+
+    def predict(self, z: torch.Tensor, labels: list[str]) -> torch.Tensor:
+        """Predicted target tokens (Eq. 2) for context tokens z (B, ..., d) and the target instruments' labels."""
+        return self.predictor(z, self.condition(labels))
+
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp().clamp(min=self.cfg.contrastive.temperature_min)
+
+    def load_encoder_from(self, other_state: dict) -> None:
+        """Initialise encoder (and target encoder) and front-end statistics from a phase-1 state dict (`--init`)."""
+        enc = {k[len("encoder."):]: v for k, v in other_state.items() if k.startswith("encoder.")}
+        if not enc:
+            raise KeyError("no encoder weights in the init checkpoint")
+        self.encoder.load_state_dict(enc)
+        if self.has_predictor:
+            self.target_encoder.load_state_dict(enc)
+        for name in ("norm_mean", "norm_std"):
+            key = f"frontend.{name}"
+            if key in other_state:
+                getattr(self.frontend, name).copy_(other_state[key])
+
+    @property
+    def model_id(self) -> str:
+        """Stable id of the weights: sha256 over the state dict (names, shapes and values), first 16 hex digits."""
+        if self._model_id is None:
+            h = hashlib.sha256()
+            for name, tensor in sorted(self.state_dict().items()):
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                h.update(name.encode())
+                h.update(str(tuple(tensor.shape)).encode())
+                h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            self._model_id = h.hexdigest()[:16]
+        return self._model_id

@@ -1,0 +1,169 @@
+"""`stemjepa fit`: train one phase from a training cache (or a multitrack folder, prepared into a cache on the fly)."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig, to_dict
+from ..data.cache import TrainingCache, cached_song_ids, finalize_cache, is_cache, write_cache_song
+from ..data.multitrack import load_song, read_folder
+from ..errors import CheckpointError, DataError, StemJepaError
+from ..models.checkpoint import checkpoint_config, model_state, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitOptions:
+    data: str
+    out: str
+    init: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    devices: int = 1
+    num_nodes: int = 1
+    progress: bool = True
+    strategy: str | None = None
+    max_steps: int | None = None  # with --resume: a new total number of steps
+
+
+def prepare_folder_cache(folder: Path, cache_dir: Path, sample_rate: int, progress: bool = True) -> Path:
+    """Decode a generic multitrack folder into a training cache once (resumable); bad songs are reported and skipped."""
+    from tqdm import tqdm
+
+    songs, problems = read_folder(folder)
+    done = cached_song_ids(cache_dir)
+    skipped = [{"item": p, "reason": r} for p, r in problems]
+    todo = [s for s in songs if s.id not in done]
+    for song in tqdm(todo, desc=f"preparing {folder.name}", unit="song", disable=not progress or not todo):
+        try:
+            loaded = load_song(song, sample_rate)
+        except StemJepaError as exc:
+            skipped.append({"item": song.id, "reason": str(exc)})
+            continue
+        for name, reason in loaded.skipped:
+            skipped.append({"item": f"{song.id}/{name}", "reason": reason})
+        write_cache_song(cache_dir, loaded, "folder")
+    for item in skipped:
+        log.warning("skipped %s: %s", item["item"], item["reason"])
+        print(f"warning: skipped {item['item']}: {item['reason']}")
+    finalize_cache(cache_dir, "folder", skipped)
+    return cache_dir
+
+
+def resolve_data(data: str, run_dir: Path, sample_rate: int, progress: bool) -> TrainingCache:
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"{path}: training data not found")
+    if is_cache(path):
+        cache_dir = path
+    else:
+        cache_dir = path / ".stemjepa_cache"
+        if not (path.is_dir() and any(path.iterdir())):
+            raise DataError(f"{path}: empty folder (expected song folders with a stems.json, or a cache from `stemjepa prepare`)")
+        try:
+            prepare_folder_cache(path, cache_dir, sample_rate, progress)
+        except PermissionError:
+            cache_dir = run_dir / "cache"
+            prepare_folder_cache(path, cache_dir, sample_rate, progress)
+    cache = TrainingCache(cache_dir)
+    if cache.sample_rate != sample_rate:
+        raise DataError(f"{cache_dir}: cache holds {cache.sample_rate} Hz audio but the model expects {sample_rate} Hz; "
+                        f"prepare it again with --sample-rate {sample_rate}")
+    return cache
+
+
+def data_labels(cache: TrainingCache, unlabelled: str) -> list[str]:
+    labels = {unlabelled}
+    for song in cache.songs:
+        for stem in song["stems"]:
+            labels.update(stem["labels"])
+    return sorted(labels)
+
+
+def fit(cfg: TrainConfig, opts: FitOptions):
+    """Train `cfg` on `opts.data` into `opts.out`; returns the path of the last checkpoint."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from .data import ChunkPairDataModule
+    from .module import StemJEPAModule
+
+    run_dir = Path(opts.out)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    ckpt_path = None
+    if opts.resume:
+        if not last.is_file():
+            raise CheckpointError(f"{last}: nothing to resume (no last.ckpt in {run_dir})")
+        saved = checkpoint_config(read_checkpoint(last), last)
+        if opts.max_steps is not None:  # extending a finished run is allowed; everything else comes from the checkpoint
+            saved.max_steps = opts.max_steps
+        cfg = saved
+        ckpt_path = str(last)
+    elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        if not opts.overwrite:
+            raise StemJepaError(f"{run_dir} already holds a training run; use --resume to continue it or --overwrite to replace it")
+        shutil.rmtree(ckpt_dir)
+
+    cache = resolve_data(opts.data, run_dir, cfg.model.frontend.sample_rate, opts.progress)
+    if cfg.phase == 2 and cfg.model.conditioning.kind == "classes" and cfg.model.conditioning.classes in ("auto", ["auto"]):
+        coarse = sorted({s["labels"][0].lower() for song in cache.songs for s in song["stems"] if s["labels"]})
+        cfg.model.conditioning.classes = coarse + [cfg.data.unlabelled]
+        cfg.model.conditioning.class_fallback = cfg.data.unlabelled
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = StemJEPAModule(cfg, labels=data_labels(cache, cfg.data.unlabelled))
+    if opts.init and not opts.resume:
+        init = read_checkpoint(opts.init)
+        try:
+            module.model.load_encoder_from(model_state(init))
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{opts.init}: cannot initialise the encoder from it ({str(exc)[:200]})") from None
+    datamodule = ChunkPairDataModule(cfg, cache, module.model.chunk_samples)
+
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu"}[opts.device]
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true")
+    if precision == "32":
+        precision = "32-true"
+    strategy = opts.strategy or ("ddp" if opts.devices > 1 or opts.num_nodes > 1 else "auto")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    checkpointing = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
+                                    every_n_train_steps=max(1, cfg.checkpoint_every), save_top_k=-1, save_last=True)
+    callbacks = [checkpointing]
+    if opts.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=opts.devices,
+        num_nodes=opts.num_nodes,
+        strategy=strategy,
+        precision=precision,
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
+        callbacks=callbacks,
+        log_every_n_steps=max(1, cfg.log_every),
+        enable_progress_bar=opts.progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=False,
+    )
+    started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.save_checkpoint(last)
+    if trainer.is_global_zero:
+        log.info("trained %d steps in %.1f s", trainer.global_step, time.time() - started)
+    return last

@@ -1,0 +1,85 @@
+"""Lightning module for both training phases: phase 1 (contrastive, Eq. 1) and phase 2 (JEPA, Eq. 3 + EMA of Eq. 4)."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from ..config import TrainConfig, to_dict
+from ..data.sampling import mix_context
+from ..models.checkpoint import FORMAT_VERSION
+from ..models.ema import ema_tau, ema_update
+from ..models.losses import info_nce, jepa_loss
+from ..models.stemjepa import StemJEPA
+from .schedule import lr_factor, scaled_lr
+
+
+class StemJEPAModule(L.LightningModule):
+    def __init__(self, cfg: TrainConfig, labels: list[str] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.model = StemJEPA(cfg)
+        if cfg.phase == 2 and cfg.model.conditioning.kind == "text" and labels:
+            self.model.conditioner.add_labels(labels)  # embed every training label once, before training
+        self._compiled = False
+
+    # --- set-up ------------------------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        use_compile = self.cfg.compile if self.cfg.compile is not None else torch.cuda.is_available()
+        if use_compile and not self._compiled:
+            self.model.encoder.compile()
+            if self.model.has_predictor:
+                self.model.target_encoder.compile()
+                self.model.predictor.compile()
+            self._compiled = True
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+        o = self.cfg.optim
+        lr = scaled_lr(o.lr, self.cfg.data.batch_size, o.lr_batch_ref)
+        fused = o.fused if o.fused is not None else torch.cuda.is_available()
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=lr, betas=tuple(o.betas), fused=fused)
+        total = self.cfg.max_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o.warmup_steps, total, o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- steps -------------------------------------------------------------------------------------------------------------
+    def compute_loss(self, batch) -> tuple[torch.Tensor, dict]:
+        context = mix_context(batch["context"], batch["gains"])
+        target = batch["target"].float()
+        if self.cfg.phase == 1:
+            z = self.model.encode(torch.cat([context, target]))  # one pass for both sides
+            s, s_bar = z.float().mean(dim=(1, 2)).chunk(2)
+            temperature = self.model.temperature()
+            loss = info_nce(s, s_bar, temperature, self.cfg.contrastive.symmetric)
+            return loss, {"temperature": temperature.detach()}
+        z = self.model.encode(context)
+        with torch.no_grad():
+            z_bar = self.model.encode(target, target=True)
+        pred = self.model.predict(z, list(batch["label"]))
+        loss = jepa_loss(pred, z_bar, self.cfg.jepa.loss_reduction, self.cfg.jepa.standardize_targets)
+        return loss, {}
+
+    def training_step(self, batch, batch_idx):
+        loss, extra = self.compute_loss(batch)
+        bs = batch["target"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for k, v in extra.items():
+            self.log(f"train/{k}", v, batch_size=bs)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.model.has_predictor:
+            j = self.cfg.jepa
+            tau = ema_tau(self.global_step, self.cfg.max_steps, j.ema_tau_start, j.ema_tau_end)
+            ema_update(self.model.target_encoder, self.model.encoder, tau)
+            self.log("train/ema_tau", tau, batch_size=batch["target"].shape[0])
+
+    # --- checkpoints ---------------------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["stemjepa"] = {"format_version": FORMAT_VERSION, "config": to_dict(self.cfg)}

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tone corpus in the generic layout and tiny trained checkpoints (phase 1 and phase 2)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from toy import write_toy_corpus  # noqa: E402
+
+TINY_OVERRIDES = ["data.batch_size=4", "data.num_workers=0", "model.encoder.depth=2", "checkpoint_every=1000"]
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> Path:
+    """Four 10 s songs with four labelled stems each (generic multitrack folder)."""
+    return write_toy_corpus(tmp_path_factory.mktemp("toy_corpus"), n_songs=4)
+
+
+def train_tiny(config: str, data: Path, out: Path, steps: int, extra: list[str] | None = None, init: Path | None = None) -> Path:
+    from stemjepa.config import load_config
+    from stemjepa.training.fit import FitOptions, fit
+
+    cfg = load_config(config, TINY_OVERRIDES + [f"max_steps={steps}"] + list(extra or []))
+    return fit(cfg, FitOptions(data=str(data), out=str(out), init=str(init) if init else None, device="cpu", progress=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_phase1_checkpoint(toy_corpus, tmp_path_factory) -> Path:
+    """A phase-1 (contrastive only) checkpoint of the tiny config, a few steps on the toy corpus."""
+    return train_tiny("tiny_phase1", toy_corpus, tmp_path_factory.mktemp("run_p1"), steps=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(toy_corpus, tmp_path_factory) -> Path:
+    """A phase-2 checkpoint of the `tiny` config (FiLM on MiniLM text embeddings), a few steps on the toy corpus."""
+    return train_tiny("tiny", toy_corpus, tmp_path_factory.mktemp("run_p2"), steps=3)
