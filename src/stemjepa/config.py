@@ -205,9 +205,10 @@ def _read_yaml(name_or_path: str, seen: tuple = ()) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
     base = data.pop("base", None)
+    name = data.get("name") or path.stem
     if base:
         data = _deep_update(_read_yaml(base, seen + (str(path),)), data)
-    data.setdefault("name", path.stem)
+    data["name"] = name
     return data
 
 
@@ -221,7 +222,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
     """Load a named config (configs/NAME.yaml) or a YAML path, then apply `key.sub=value` overrides."""
     data = _read_yaml(name_or_path)
-    data["name"] = data.get("name") or Path(name_or_path).stem
     for text in overrides or []:
         keys, value = parse_override(text)
         node = data

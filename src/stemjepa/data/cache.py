@@ -79,10 +79,44 @@ def write_cache_song(cache_dir, loaded: LoadedSong, dataset: str = "folder") -> 
             for s in loaded.stems
         ],
         "skipped_stems": [{"stem": n, "reason": r} for n, r in loaded.skipped],
+        "sources": source_signature(song),
         "meta": _jsonable(song.meta),
     }
     _atomic_write_bytes(songs_dir / f"{key}.json", lambda f: f.write(json.dumps(record).encode()))
     return record
+
+
+def source_signature(song) -> list:
+    """(path, size, mtime) of every source file of a song, to notice later that a cached song went stale."""
+    sig = []
+    for stem in song.stems:
+        try:
+            st = os.stat(stem.path)
+            sig.append([str(stem.path), st.st_size, st.st_mtime_ns])
+        except OSError:
+            sig.append([str(stem.path), None, None])
+    return sig
+
+
+def fresh_song_ids(cache_dir, songs) -> set[str]:
+    """Ids of `songs` whose cached copy exists and was made from the same source files as they are now."""
+    cache_dir = Path(cache_dir)
+    if not (cache_dir / "songs").is_dir():
+        return set()
+    by_id = {r["id"]: r for r in _song_records(cache_dir)}
+    return {s.id for s in songs if s.id in by_id and by_id[s.id].get("sources") == source_signature(s)}
+
+
+def drop_songs(cache_dir, keep_ids: set[str]) -> int:
+    """Remove cached songs whose id is not in `keep_ids` (songs deleted from the source folder). Returns how many."""
+    cache_dir = Path(cache_dir)
+    dropped = 0
+    for record in _song_records(cache_dir):
+        if record["id"] not in keep_ids:
+            for suffix in (".json", ".npy", ".rms.npy"):
+                (cache_dir / "songs" / f"{record['key']}{suffix}").unlink(missing_ok=True)
+            dropped += 1
+    return dropped
 
 
 def _jsonable(obj):

@@ -5,13 +5,14 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..config import TrainConfig, to_dict
-from ..data.cache import TrainingCache, cached_song_ids, finalize_cache, is_cache, write_cache_song
+from ..data.cache import TrainingCache, drop_songs, finalize_cache, fresh_song_ids, is_cache, write_cache_song
 from ..data.multitrack import load_song, read_folder
 from ..errors import CheckpointError, DataError, StemJepaError
 from ..models.checkpoint import checkpoint_config, model_state, read_checkpoint
@@ -32,6 +33,7 @@ class FitOptions:
     progress: bool = True
     strategy: str | None = None
     max_steps: int | None = None  # with --resume: a new total number of steps
+    callbacks: list = field(default_factory=list)  # extra Lightning callbacks (programmatic use)
 
 
 def prepare_folder_cache(folder: Path, cache_dir: Path, sample_rate: int, progress: bool = True) -> Path:
@@ -39,7 +41,8 @@ def prepare_folder_cache(folder: Path, cache_dir: Path, sample_rate: int, progre
     from tqdm import tqdm
 
     songs, problems = read_folder(folder)
-    done = cached_song_ids(cache_dir)
+    drop_songs(cache_dir, {s.id for s in songs})
+    done = fresh_song_ids(cache_dir, songs)  # songs whose files changed since they were cached are prepared again
     skipped = [{"item": p, "reason": r} for p, r in problems]
     todo = [s for s in songs if s.id not in done]
     for song in tqdm(todo, desc=f"preparing {folder.name}", unit="song", disable=not progress or not todo):
@@ -47,6 +50,7 @@ def prepare_folder_cache(folder: Path, cache_dir: Path, sample_rate: int, progre
             loaded = load_song(song, sample_rate)
         except StemJepaError as exc:
             skipped.append({"item": song.id, "reason": str(exc)})
+            drop_songs(cache_dir, {s.id for s in songs} - {song.id})  # a stale copy of a now unreadable song must go
             continue
         for name, reason in loaded.skipped:
             skipped.append({"item": f"{song.id}/{name}", "reason": reason})
@@ -88,8 +92,21 @@ def data_labels(cache: TrainingCache, unlabelled: str) -> list[str]:
     return sorted(labels)
 
 
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's useful INFO lines, drop its adverts and a deprecation warning of its own internals."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+
+
 def fit(cfg: TrainConfig, opts: FitOptions):
     """Train `cfg` on `opts.data` into `opts.out`; returns the path of the last checkpoint."""
+    quiet_lightning()
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -139,7 +156,7 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
                                     every_n_train_steps=max(1, cfg.checkpoint_every), save_top_k=-1, save_last=True)
-    callbacks = [checkpointing]
+    callbacks = [checkpointing, *opts.callbacks]
     if opts.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     trainer = L.Trainer(
@@ -151,7 +168,7 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         max_steps=cfg.max_steps,
         max_epochs=-1,
         gradient_clip_val=cfg.optim.grad_clip or None,
-        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
+        logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tensorboard")],  # a new version per (re)start
         callbacks=callbacks,
         log_every_n_steps=max(1, cfg.log_every),
         enable_progress_bar=opts.progress,

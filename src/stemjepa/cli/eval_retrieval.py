@@ -1,0 +1,105 @@
+"""`stemjepa eval retrieval` (the Table I benchmark and the Fig. 2 analysis) and `stemjepa eval compare` (runs side by side)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+DATASETS = ("musdb18", "musdb18hq", "moisesdb", "slakh2100", "folder")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "retrieval",
+        help="stem retrieval benchmark of Table I (+ Fig. 2 analysis)",
+        description="Embed every stem of every track into a pool, query it with the mix of the other stems conditioned on "
+        "the stem's label, and report Recall@1/5/10, normalised ranks, top-1 among 64 and the Fig. 2 analysis.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (.ckpt) to evaluate")
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout at --root (a synthetic corpus is a 'folder')")
+    p.add_argument("--root", required=True, help="dataset root folder")
+    p.add_argument("--split", default=None, help="train, test or all (default: the dataset's test split, or all where it has none)")
+    p.add_argument("--conditioning", choices=("fine", "coarse"), default="fine", help="label level the queries are conditioned on")
+    p.add_argument("--out", required=True, help="output folder (metrics.json, rankings.csv, analysis.csv, fig2.png, report.md)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache (default: OUT/cache); shared between runs is fine")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--overwrite", action="store_true", help="replace results of another checkpoint / dataset in --out")
+    p.add_argument("--name", default=None, help="row name in reports (default: the run folder of the checkpoint)")
+    p.add_argument("--label-map", default=None, help="JSON file mapping dataset labels to conditioning text")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N songs (quick checks)")
+    p.add_argument("--k64-draws", type=int, default=10, help="seeded draws of the 63 distractors for top1_k64")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--silence-db", type=float, default=-60.0, help="a stem is silent when no 100 ms frame reaches this RMS (dBFS)")
+    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when present)")
+    p.set_defaults(func=run_retrieval)
+
+    c = subparsers.add_parser(
+        "compare",
+        help="one Table-I-style table from several `eval retrieval` folders",
+        description="Print one Markdown table, a row per evaluated checkpoint and a column group per benchmark.",
+    )
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output folders of `stemjepa eval retrieval`")
+    c.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    c.add_argument("--k64", action="store_true", help="add the top-1 among 64 column")
+    c.add_argument("--time", action="store_true", help="add the evaluation time column")
+    c.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    c.set_defaults(func=run_compare)
+
+
+def run_retrieval(args) -> int:
+    from ..errors import ConfigError, DataError
+    from ..evaluation.report import table_row
+    from ..evaluation.retrieval import evaluate_retrieval, load_songs
+
+    label_map = None
+    if args.label_map:
+        try:
+            label_map = json.loads(Path(args.label_map).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{args.label_map}: cannot read label map ({exc})") from None
+        if not isinstance(label_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in label_map.items()):
+            raise ConfigError(f"{args.label_map}: must be a JSON object mapping label strings to text")
+    if not Path(args.checkpoint).exists():
+        raise ConfigError(f"{args.checkpoint}: checkpoint not found")
+    songs, split, problems = load_songs(args.dataset, args.root, args.split)
+    for path, reason in problems:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise DataError("--limit must be at least 1")
+        songs = songs[: args.limit]
+    cache_dir = args.cache_dir
+    if args.no_cache:
+        cache_dir = False
+    elif cache_dir is None:
+        cache_dir = Path(args.out) / "cache"
+    m = evaluate_retrieval(
+        args.checkpoint, songs, args.conditioning, args.out, label_map,
+        dataset=args.dataset, split=split, cache_dir=cache_dir, overwrite=args.overwrite, name=args.name,
+        k64_draws=args.k64_draws, seed=args.seed, silence_db=args.silence_db, device=args.device,
+    )
+    for s in m["skipped"]:
+        print(f"warning: skipped song {s['song']}: {s['reason']}", file=sys.stderr)
+    print(f"{m['n_queries']} queries, pool of {m['n_pool']} stems, {m['n_silent_excluded']} silent stems excluded, "
+          f"{m['seconds']:.1f} s")
+    print("| model | R@1 | R@5 | R@10 | mean rank | median rank |\n|---|---|---|---|---|---|")
+    print(table_row(m))
+    k64 = "n/a (a single track)" if m["top1_k64"] is None else f"{m['top1_k64']:.1f}%"
+    print(f"top-1 among {m['k64_candidates']}: {k64}  -> {args.out}")
+    return 0
+
+
+def run_compare(args) -> int:
+    from ..errors import StemJepaError
+    from ..evaluation.report import compare_table
+
+    extra = tuple(k for k, on in (("top1_k64", args.k64), ("seconds", args.time)) if on)
+    table = compare_table(args.runs, extra=extra)
+    print(table, end="")
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise StemJepaError(f"{out}: exists; pass --force to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+    return 0

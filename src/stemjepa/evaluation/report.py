@@ -1,0 +1,115 @@
+"""Table-I-style Markdown: one run's row (report.md) and the side-by-side table of `stemjepa eval compare`.
+
+Table I has one row per model and one column group (R@1, R@5, R@10, mean and median normalised rank, in percent) per
+benchmark (MUSDB18; MoisesDB fine; MoisesDB coarse). `compare_table` rebuilds that layout from run folders: rows are the
+runs' names, column groups their (dataset, split, conditioning).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import DataError
+
+METRIC_COLUMNS = [("R@1", "R@1"), ("R@5", "R@5"), ("R@10", "R@10"), ("norm_rank_mean", "mean rank"), ("norm_rank_median", "median rank")]
+EXTRA_COLUMNS = {"top1_k64": "top-1 K=64", "n_queries": "queries", "n_pool": "pool", "seconds": "time (s)"}
+
+
+def fmt(value) -> str:
+    """One decimal like Table I; two for values under 1 (small normalised ranks); '-' when missing."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "n/a"
+        return f"{value:.1f}" if abs(value) >= 1 or value == 0 else f"{value:.2f}"
+    return str(value)
+
+
+def benchmark_name(m: dict) -> str:
+    split = m.get("split")
+    return f"{m.get('dataset')}{'' if split in (None, 'all') else f' {split}'} {m.get('conditioning')}"
+
+
+def table_row(m: dict, extra=()) -> str:
+    cells = [m.get("name") or m.get("model_id", "?")] + [fmt(m.get(k)) for k, _ in METRIC_COLUMNS] + [fmt(m.get(k)) for k in extra]
+    return "| " + " | ".join(cells) + " |"
+
+
+def write_report(m: dict, path) -> None:
+    """report.md of one run: the Table-I row with its header, and the counts behind it."""
+    extra = ("top1_k64",)
+    header = ["model"] + [h for _, h in METRIC_COLUMNS] + [EXTRA_COLUMNS[k] for k in extra]
+    ckpt = f"`{m['checkpoint']}`" if m.get("checkpoint") else "(model object, no file)"
+    predictor = "with predictor" if m.get("has_predictor") else "no predictor: the mix embedding is the query"
+    lines = [
+        f"# Retrieval: {m.get('name')} on {benchmark_name(m)}",
+        "",
+        "Recall@k and normalised rank in percent (Table I protocol); top-1 among "
+        f"{m.get('k64_candidates')} candidates (COCOLA/PHALAR protocol, {m.get('k64_draws')} draws).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        table_row(m, extra),
+        "",
+        f"- checkpoint: {ckpt} (model id `{m.get('model_id')}`, {predictor})",
+        f"- {m.get('n_queries')} queries against a pool of {m.get('n_pool')} stems from {m.get('n_songs')} songs",
+        f"- excluded: {m.get('n_silent_excluded')} silent stems, {m.get('n_silent_mix_excluded')} queries with a silent mix, "
+        f"{m.get('n_stems_unreadable', 0)} unreadable stems, {len(m.get('skipped') or [])} unreadable songs",
+        f"- ties: {m.get('tie_rule')}",
+        f"- time: {m.get('seconds')} s",
+        "",
+    ]
+    Path(path).write_text("\n".join(lines))
+
+
+def read_run(run_dir) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise DataError(f"{path}: missing (not a `stemjepa eval retrieval` output folder)")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    missing = [k for k, _ in METRIC_COLUMNS if k not in m]
+    if missing:
+        raise DataError(f"{path}: lacks {', '.join(missing)}")
+    return m
+
+
+def compare_table(run_dirs, extra=()) -> str:
+    """One Markdown table: a row per run name, a column group per benchmark (dataset, split, conditioning).
+
+    `extra` adds columns from EXTRA_COLUMNS (e.g. ("top1_k64", "seconds")) to each group. Runs of the same name on
+    the same benchmark: the last one given wins.
+    """
+    runs = [read_run(d) for d in run_dirs]
+    if not runs:
+        raise DataError("no run folders given")
+    for k in extra:
+        if k not in EXTRA_COLUMNS:
+            raise DataError(f"unknown extra column {k!r}; known: {', '.join(EXTRA_COLUMNS)}")
+    benches, names, cells = [], [], {}
+    for m in runs:
+        b, n = benchmark_name(m), (m.get("name") or m.get("model_id", "?"))
+        if b not in benches:
+            benches.append(b)
+        if n not in names:
+            names.append(n)
+        cells[(n, b)] = m
+    keys = [k for k, _ in METRIC_COLUMNS] + list(extra)
+    heads = [h for _, h in METRIC_COLUMNS] + [EXTRA_COLUMNS[k] for k in extra]
+    if len(benches) == 1:
+        header = ["model"] + heads
+        title = f"Benchmark: {benches[0]} (percent)\n\n"
+    else:
+        header = ["model"] + [f"{b}: {h}" for b in benches for h in heads]
+        title = ""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for n in names:
+        row = [n]
+        for b in benches:
+            m = cells.get((n, b), {})
+            row += [fmt(m.get(k)) for k in keys]
+        lines.append("| " + " | ".join(row) + " |")
+    return title + "\n".join(lines) + "\n"

@@ -1,0 +1,427 @@
+"""The retrieval benchmark of Table I (paper Sec. III).
+
+Every non-silent stem of every track is embedded over the whole track (the model chunks it in 8 s pieces and averages
+the patch embeddings) into the reference pool. Every such stem is also a query: the mix of the other stems of its
+track goes through encoder and predictor conditioned on the stem's label (a contrastive-only checkpoint returns the
+mix embedding). Queries are scored against the whole pool by cosine similarity; see `metrics` for the tie rule.
+
+Exclusions, counted in metrics.json: stems silent over the whole track (neither in the pool nor queried), and
+queries whose mix of other stems is silent (the stem stays in the pool). Songs or stems that cannot be decoded are
+skipped and listed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.multitrack import UNLABELLED, Song, Stem, load_song
+from ..errors import DataError, StemJepaError
+from . import analysis, metrics
+from .cache import EmbeddingCache, SongEntry, song_fingerprint
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+SILENCE_DB = -60.0
+QUERY_GROUP = 8  # query mixes passed to the model at once
+OUTPUT_FILES = ("metrics.json", "rankings.csv", "analysis.csv", "fig2.png", "report.md")
+MUSDB_LABEL_MAP = {"other": UNLABELLED}  # the paper conditions MUSDB's "other" stem on "music"
+
+
+def default_label_map(dataset: str) -> dict[str, str]:
+    """Dataset-specific renaming of labels into conditioning text."""
+    return dict(MUSDB_LABEL_MAP) if dataset in ("musdb18", "musdb18hq") else {}
+
+
+def conditioning_label(stem: Stem, conditioning: str, label_map: dict[str, str] | None = None) -> str:
+    """The text a stem's query is conditioned on: its fine (most specific) or coarse label, "music" when unlabelled."""
+    if conditioning not in ("fine", "coarse"):
+        raise StemJepaError(f"conditioning must be 'fine' or 'coarse', not {conditioning!r}")
+    label = stem.fine if conditioning == "fine" else stem.coarse
+    return (label_map or {}).get(label, label)
+
+
+def is_silent(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: float = SILENCE_DB, frame_seconds: float = 0.1) -> bool:
+    """True when no 100 ms frame of `wave` reaches `threshold_db` dBFS RMS (judged over frames, not one peak sample)."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.size == 0:
+        return True
+    frame = max(1, int(frame_seconds * sample_rate))
+    n = -(-wave.size // frame) * frame
+    padded = np.zeros(n, dtype=np.float64)
+    padded[: wave.size] = wave
+    rms = np.sqrt(np.mean(padded.reshape(-1, frame) ** 2, axis=1))
+    return bool(rms.max() < 10.0 ** (threshold_db / 20.0))
+
+
+def other_stems_mix(audio: np.ndarray, index: int) -> np.ndarray:
+    """The query input for stem `index` of a (S, N) song: the sum of every other stem."""
+    keep = np.ones(len(audio), dtype=bool)
+    keep[index] = False
+    return audio[keep].sum(axis=0, dtype=np.float32)
+
+
+def stem_key(index: int, stem: Stem) -> str:
+    """Cache key of a stem: its position and name (names can repeat within a song)."""
+    return f"{index}:{stem.name}"
+
+
+@dataclass
+class PoolItem:
+    song: str
+    stem: str
+    instrument: str  # fine label
+    category: str  # coarse label
+    track: int  # index of the song
+
+
+@dataclass
+class Corpus:
+    """The encoded benchmark: pool vectors and items, query vectors with their target and conditioning label."""
+
+    items: list[PoolItem] = field(default_factory=list)
+    pool: list[np.ndarray] = field(default_factory=list)
+    queries: list[np.ndarray] = field(default_factory=list)
+    query_targets: list[int] = field(default_factory=list)
+    query_labels: list[str] = field(default_factory=list)
+    n_silent_excluded: int = 0
+    n_silent_mix_excluded: int = 0
+    n_unreadable: int = 0
+    n_songs: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    n_cached_songs: int = 0
+
+
+def _vectors(embeddings) -> list[np.ndarray]:
+    return [np.asarray(getattr(e, "vector", e), dtype=np.float32).reshape(-1) for e in embeddings]
+
+
+def encode_corpus(
+    model,
+    songs: list[Song],
+    conditioning: str = "fine",
+    label_map: dict[str, str] | None = None,
+    cache: EmbeddingCache | None = None,
+    silence_db: float = SILENCE_DB,
+    progress: bool = True,
+) -> Corpus:
+    """Embed the pool and the queries of `songs`, song by song (one song's audio in memory at a time), using the cache."""
+    from tqdm.auto import tqdm
+
+    cache = cache or EmbeddingCache(None, "", "", "")
+    sr = int(getattr(model, "sample_rate", SAMPLE_RATE))
+    corpus = Corpus()
+    for song in tqdm(songs, desc="retrieval: encoding songs", unit="song", disable=not progress):
+        fingerprint = song_fingerprint(song, extra=f"sr={sr}|silence_db={silence_db}")
+        entry = cache.load(song.id, fingerprint)
+        keys = [stem_key(i, s) for i, s in enumerate(song.stems)]
+        labels = [conditioning_label(s, conditioning, label_map) for s in song.stems]
+        needs_audio = entry is None or any(
+            k not in entry.status or (entry.status[k] == "ok" and (k not in entry.pool or (k, lab) not in entry.queries))
+            for k, lab in zip(keys, labels)
+        )
+        if needs_audio:
+            try:
+                entry = _encode_song(model, song, keys, labels, entry or SongEntry(fingerprint), sr, silence_db)
+            except StemJepaError as exc:
+                log.warning("skipping song %s: %s", song.id, exc)
+                corpus.skipped.append((song.id, str(exc)))
+                continue
+            cache.save(song.id, entry)
+        else:
+            corpus.n_cached_songs += 1
+        _add_song(corpus, song, keys, labels, entry)
+    return corpus
+
+
+def _encode_song(model, song: Song, keys, labels, entry: SongEntry, sr: int, silence_db: float) -> SongEntry:
+    loaded = load_song(song, sr)
+    # load_song drops unreadable stems; map the kept ones back to their position in song.stems
+    kept_ids = {id(s) for s in loaded.stems}
+    positions = [i for i, s in enumerate(song.stems) if id(s) in kept_ids]
+    for name, reason in loaded.skipped:
+        log.warning("song %s: stem %s skipped: %s", song.id, name, reason)
+    audio = loaded.audio
+    status = {keys[i]: "unreadable" for i in range(len(song.stems)) if i not in positions}
+    for row, i in enumerate(positions):
+        status[keys[i]] = "silent" if is_silent(audio[row], sr, silence_db) else "ok"
+    entry.status = status
+    todo_pool = [(row, i) for row, i in enumerate(positions) if status[keys[i]] == "ok" and keys[i] not in entry.pool]
+    if todo_pool:
+        vecs = _vectors(model.embed_many([audio[row] for row, _ in todo_pool]))
+        for (_, i), v in zip(todo_pool, vecs):
+            entry.pool[keys[i]] = v
+    todo_query = []
+    for row, i in enumerate(positions):
+        if status[keys[i]] != "ok" or (keys[i], labels[i]) in entry.queries:
+            continue
+        todo_query.append((row, i))
+    # mixes are built QUERY_GROUP at a time: a song with many long stems would otherwise hold one full mix per stem
+    for lo in range(0, len(todo_query), QUERY_GROUP):
+        mixes, mix_rows = [], []
+        for row, i in todo_query[lo: lo + QUERY_GROUP]:
+            mix = other_stems_mix(audio, row)
+            if is_silent(mix, sr, silence_db):
+                entry.queries[(keys[i], labels[i])] = np.zeros(0, np.float32)  # marker: no context, no query
+            else:
+                mixes.append(mix)
+                mix_rows.append(i)
+        if mixes:
+            vecs = _vectors(model.query_many(mixes, [labels[i] for i in mix_rows]))
+            for i, v in zip(mix_rows, vecs):
+                entry.queries[(keys[i], labels[i])] = v
+    return entry
+
+
+def _add_song(corpus: Corpus, song: Song, keys, labels, entry: SongEntry) -> None:
+    track = corpus.n_songs
+    corpus.n_songs += 1
+    for i, stem in enumerate(song.stems):
+        state = entry.status.get(keys[i], "unreadable")
+        if state != "ok":
+            if state == "silent":
+                corpus.n_silent_excluded += 1
+            else:
+                corpus.n_unreadable += 1
+            continue
+        target = len(corpus.items)
+        corpus.items.append(PoolItem(song.id, stem.name, stem.fine, stem.coarse, track))
+        corpus.pool.append(entry.pool[keys[i]])
+        q = entry.queries[(keys[i], labels[i])]
+        if q.size == 0:
+            corpus.n_silent_mix_excluded += 1
+            continue
+        corpus.queries.append(q)
+        corpus.query_targets.append(target)
+        corpus.query_labels.append(labels[i])
+
+
+def score_corpus(corpus: Corpus, k64_draws: int = 10, seed: int = 0, block: int = 1024) -> tuple[dict, list[dict], list[dict]]:
+    """Metrics, per-query ranking rows and the Fig. 2 tally of an encoded corpus."""
+    if not corpus.queries:
+        raise DataError("no query could be built (every stem silent, or every track has a single non-silent stem)")
+    pool = np.stack(corpus.pool)
+    queries = np.stack(corpus.queries)
+    if queries.shape[1] != pool.shape[1]:
+        raise StemJepaError(f"query vectors have {queries.shape[1]} dims but pool vectors {pool.shape[1]}")
+    targets = np.asarray(corpus.query_targets)
+    tracks = np.array([it.track for it in corpus.items])
+    instruments = [it.instrument for it in corpus.items]
+    categories = [it.category for it in corpus.items]
+    n_distract = metrics.distractor_count(tracks[targets], tracks, 64)
+    rng = np.random.default_rng(seed)
+    ranks, nn, hits, target_sims, nn_sims = [], [], [], [], []
+    for lo in range(0, len(queries), block):  # blocks of queries keep the (Q, |pool|) matrices small on large corpora
+        t = targets[lo: lo + block]
+        sim = metrics.cosine_similarities(queries[lo: lo + block], pool)
+        ranks.append(metrics.target_ranks(sim, t))
+        nn.append(metrics.nearest_neighbours(sim, t))
+        rows_idx = np.arange(len(t))
+        target_sims.append(sim[rows_idx, t])
+        nn_sims.append(sim[rows_idx, nn[-1]])
+        if n_distract:
+            hits.append(metrics.top1_hits(sim, t, tracks[t], tracks, n_distract, k64_draws, rng))
+    ranks, nn = np.concatenate(ranks), np.concatenate(nn)
+    target_sims, nn_sims = np.concatenate(target_sims), np.concatenate(nn_sims)
+    result = metrics.retrieval_metrics(ranks, len(pool))
+    # None (null in JSON) when the corpus has a single track: there is no stem of another track to draw
+    result["top1_k64"] = float(100.0 * np.concatenate(hits).mean()) if n_distract else None
+    result["k64_candidates"] = n_distract + 1
+    result["n_queries"] = int(len(queries))
+    result["n_pool"] = int(len(pool))
+    classes = [analysis.classify_neighbour(t, n, tracks, instruments, categories) for t, n in zip(targets, nn)]
+    rows = []
+    for qi, (t, n, r, cls) in enumerate(zip(targets, nn, ranks, classes)):
+        item, near = corpus.items[t], corpus.items[n]
+        rows.append({
+            "query": qi, "song": item.song, "stem": item.stem, "label": corpus.query_labels[qi],
+            "instrument": item.instrument, "category": item.category, "rank": int(r),
+            "norm_rank": round(100.0 * r / len(pool), 4), "target_similarity": round(float(target_sims[qi]), 6),
+            "nn_song": near.song, "nn_stem": near.stem, "nn_similarity": round(float(nn_sims[qi]), 6), "nn_class": cls,
+        })
+    return result, rows, analysis.tally(corpus.query_labels, classes)
+
+
+def load_songs(dataset: str, root, split: str | None = None) -> tuple[list[Song], str, list[tuple[str, str]]]:
+    """Songs of `dataset` at `root` restricted to `split` (None: the dataset's evaluation split). Returns (songs, split, problems)."""
+    problems: list[tuple[str, str]] = []
+    try:
+        from ..data.datasets import default_eval_split, load_dataset
+    except ImportError:  # loaders not available in this build: the generic folder format only
+        load_dataset = default_eval_split = None
+    if load_dataset is not None:
+        split = split or default_eval_split(dataset)
+        songs = load_dataset(dataset, root, None if split == "all" else split, problems)
+    else:
+        if dataset != "folder":
+            raise DataError(f"dataset {dataset!r} needs stemjepa.data.datasets, which this installation lacks")
+        from ..data.multitrack import read_folder
+
+        songs, problems = read_folder(root)
+        split = split or "all"
+        if split != "all":
+            songs = [s for s in songs if s.split == split]
+    if not songs:
+        raise DataError(f"{root}: no songs of {dataset} in split {split!r}")
+    return songs, split, problems
+
+
+def _checkpoint_name(checkpoint: str | None, model_id: str) -> str:
+    """A readable run name: the run folder of `run/checkpoints/last.ckpt`, else the checkpoint's file stem."""
+    if not checkpoint:
+        return model_id
+    p = Path(checkpoint)
+    if p.parent.name == "checkpoints" and p.parent.parent.name:
+        return p.parent.parent.name
+    return p.stem if p.suffix else p.name
+
+
+def check_out_dir(out_dir: Path, identity: dict, overwrite: bool) -> None:
+    """Refuse to write over results of another checkpoint / dataset / split / conditioning unless `overwrite`."""
+    present = [f for f in OUTPUT_FILES if (out_dir / f).exists()]
+    if not present or overwrite:
+        return
+    try:
+        old = json.loads((out_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        old = None
+    if old is not None and all(old.get(k) == v for k, v in identity.items()):
+        return  # a re-run of the same evaluation
+    what = "results of another evaluation" if old is not None else f"files {', '.join(present)}"
+    detail = ""
+    if old is not None:
+        diffs = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in identity.items() if old.get(k) != v]
+        detail = f" ({'; '.join(diffs)})"
+    raise StemJepaError(f"{out_dir}: holds {what}{detail}; pass --overwrite (overwrite=True) or choose another --out")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_rankings(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluate_retrieval(
+    model_or_ckpt,
+    songs: list[Song],
+    conditioning: str = "fine",
+    out_dir=None,
+    label_map: dict[str, str] | None = None,
+    *,
+    dataset: str = "folder",
+    split: str = "all",
+    cache_dir=None,
+    overwrite: bool = False,
+    name: str | None = None,
+    k64_draws: int = 10,
+    seed: int = 0,
+    silence_db: float = SILENCE_DB,
+    device=None,
+    progress: bool = True,
+) -> dict:
+    """Run the Table I benchmark of a model (or checkpoint path) on `songs` and return metrics.json's content.
+
+    With `out_dir`, writes metrics.json, rankings.csv, analysis.csv, fig2.png and report.md there, and caches the
+    embeddings in `cache_dir` (default OUT_DIR/cache; False: no cache). `label_map` renames labels into conditioning text
+    (default: MUSDB's "other" -> "music").
+    """
+    start = time.perf_counter()
+    if not songs:
+        raise DataError("no songs to evaluate")
+    if isinstance(model_or_ckpt, (str, os.PathLike)):
+        from ..models import load_model
+
+        checkpoint = str(model_or_ckpt)
+        model = load_model(checkpoint, device=device)
+    else:
+        model = model_or_ckpt
+        checkpoint = getattr(model, "checkpoint_path", None)
+        checkpoint = None if checkpoint is None else str(checkpoint)
+    model_id = str(model.model_id)
+    if label_map is None:
+        label_map = default_label_map(dataset)
+    identity = {"model_id": model_id, "dataset": dataset, "split": split, "conditioning": conditioning}
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        check_out_dir(out, identity, overwrite)
+        if cache_dir is None:
+            cache_dir = out / "cache"
+    cache = EmbeddingCache(cache_dir or None, model_id, dataset, split)
+    corpus = encode_corpus(model, songs, conditioning, label_map, cache, silence_db, progress)
+    result, rows, tally = score_corpus(corpus, k64_draws, seed)
+    seconds = time.perf_counter() - start
+    record = {
+        **{k: result[k] for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median", "top1_k64", "n_queries", "n_pool")},
+        "k64_candidates": result["k64_candidates"],
+        "k64_draws": k64_draws,
+        "seed": seed,
+        "name": name or _checkpoint_name(checkpoint, model_id),
+        "checkpoint": checkpoint,
+        "model_id": model_id,
+        "has_predictor": bool(getattr(model, "has_predictor", True)),
+        "dataset": dataset,
+        "split": split,
+        "conditioning": conditioning,
+        "label_map": label_map,
+        "n_songs": corpus.n_songs,
+        "n_silent_excluded": corpus.n_silent_excluded,
+        "n_silent_mix_excluded": corpus.n_silent_mix_excluded,
+        "n_stems_unreadable": corpus.n_unreadable,
+        "n_songs_from_cache": corpus.n_cached_songs,
+        "skipped": [{"song": s, "reason": r} for s, r in corpus.skipped],
+        "tie_rule": "pessimistic: pool items as similar as the target rank before it",
+        "seconds": round(seconds, 3),
+    }
+    if out is not None:
+        from .report import write_report
+
+        if overwrite:
+            for f in OUTPUT_FILES:
+                (out / f).unlink(missing_ok=True)
+        _write_rankings(out / "rankings.csv", rows)
+        title = f"{record['name']} on {dataset} ({split}), {conditioning} conditioning: nearest neighbour per label"
+        analysis.write_analysis(tally, out, title)
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        write_report(record, out / "report.md")
+        _write_json(out / "metrics.json", record)
+    return record
+
+
+def evaluate_checkpoints(
+    checkpoints: dict[str, str],
+    songs: list[Song],
+    out_root,
+    conditioning: str = "fine",
+    *,
+    dataset: str = "folder",
+    split: str = "all",
+    extra=("top1_k64", "seconds"),
+    overwrite: bool = False,
+    **kwargs,
+) -> str:
+    """Evaluate several checkpoints (name -> path) on the same songs, each into OUT_ROOT/<name>, and return the
+    side-by-side Table-I Markdown (e.g. the five ablations of Table I trained on the same data)."""
+    from .report import compare_table
+
+    out_root = Path(out_root)
+    dirs = []
+    for name, ckpt in checkpoints.items():
+        run_dir = out_root / name
+        evaluate_retrieval(ckpt, songs, conditioning, run_dir, dataset=dataset, split=split, name=name, overwrite=overwrite, **kwargs)
+        dirs.append(run_dir)
+    return compare_table(dirs, extra=extra)

@@ -1,0 +1,148 @@
+import math
+
+import pytest
+import torch
+
+from stemjepa.config import ConditioningConfig, TrainConfig, load_config
+from stemjepa.models.conditioning import ClassConditioner
+from stemjepa.models.ema import ema_tau, ema_update
+from stemjepa.models.encoder import ViTEncoder, count_parameters, sincos_2d
+from stemjepa.models.losses import info_nce, jepa_loss
+from stemjepa.models.predictor import Predictor
+
+
+def test_paper_encoder_has_about_85m_parameters_and_a_5x50_grid():
+    enc = ViTEncoder(n_mels=80, n_frames=801, embed_dim=768, depth=12, num_heads=12)
+    assert 85.0e6 < count_parameters(enc) < 85.6e6
+    assert enc.grid == (5, 50)  # K = 250 tokens
+
+
+def test_encoder_returns_patch_grid_without_cls():
+    enc = ViTEncoder(n_mels=80, n_frames=801, embed_dim=32, depth=1, num_heads=2)
+    out = enc(torch.randn(3, 80, 801))
+    assert out.shape == (3, 5, 50, 32)
+
+
+def test_sincos_positions_split_time_and_frequency():
+    pos = sincos_2d(8, 2, 3).view(2, 3, 8)
+    # first half depends on time only, second half on frequency only
+    assert torch.allclose(pos[0, :, :4], pos[1, :, :4])
+    assert torch.allclose(pos[:, 0, 4:], pos[:, 2, 4:])
+    assert not torch.allclose(pos[0, 0, :4], pos[0, 1, :4])
+
+
+def test_film_shapes_and_condition_changes_output():
+    pred = Predictor(embed_dim=16, cond_dim=6, hidden_dim=32, num_layers=6, conditioning="film")
+    gamma, beta = pred.film_params(torch.randn(2, 6))
+    assert gamma.shape == beta.shape == (2, 5, 32)  # one (gamma, beta) pair per hidden layer l = 1..L-1
+    z = torch.randn(2, 5, 50, 16)
+    c1, c2 = torch.randn(2, 6), torch.randn(2, 6)
+    out1, out2 = pred(z, c1), pred(z, c2)
+    assert out1.shape == z.shape
+    assert not torch.allclose(out1, out2)
+    # tokens are processed separately: permuting tokens permutes outputs
+    perm = torch.randperm(250)
+    flat = z.reshape(2, 250, 16)
+    assert torch.allclose(pred(flat[:, perm], c1), pred(flat, c1)[:, perm], atol=1e-5)
+
+
+def test_film_equation_5_by_hand():
+    pred = Predictor(embed_dim=3, cond_dim=2, hidden_dim=4, num_layers=2, conditioning="film", final_norm=False)
+    z, c = torch.randn(1, 1, 3), torch.randn(1, 2)
+    gamma, beta = pred.film_params(c)
+    h1 = pred.layers[0](z)
+    expected = pred.layers[1](torch.relu(gamma[:, 0] * h1 + beta[:, 0]))
+    assert torch.allclose(pred(z, c), expected, atol=1e-6)
+
+
+def test_concat_conditioning_appends_c_to_each_token():
+    pred = Predictor(embed_dim=8, cond_dim=3, hidden_dim=16, num_layers=3, conditioning="concat")
+    assert pred.layers[0].in_features == 11
+    z = torch.randn(2, 10, 8)
+    assert not torch.allclose(pred(z, torch.zeros(2, 3)), pred(z, torch.ones(2, 3)))
+
+
+def test_info_nce_value_on_hand_made_tensors():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    s_bar = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    tau = 0.5
+    # cosine matrix [[1, 0.6], [0, 0.8]] / tau; row-wise cross-entropy on the diagonal
+    l0 = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(1.2)))
+    l1 = -math.log(math.exp(1.6) / (math.exp(0.0) + math.exp(1.6)))
+    assert info_nce(s, s_bar, tau).item() == pytest.approx((l0 + l1) / 2, abs=1e-6)
+    # scale invariance of the cosine similarity
+    assert info_nce(3 * s, 0.5 * s_bar, tau).item() == pytest.approx((l0 + l1) / 2, abs=1e-6)
+
+
+def test_jepa_loss_equation_3():
+    pred = torch.tensor([[[2.0, 0.0], [0.0, 3.0]]])  # one sample, K = 2 tokens
+    target = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    # token 1: same direction -> 0; token 2: orthogonal -> |(0,1) - (1,0)|^2 = 2
+    assert jepa_loss(pred, target, reduction="sum").item() == pytest.approx(2.0)
+    assert jepa_loss(pred, target, reduction="mean").item() == pytest.approx(1.0)
+    assert jepa_loss(-target, target, reduction="mean").item() == pytest.approx(4.0)
+
+
+def test_ema_schedule_endpoints_and_update():
+    assert ema_tau(0, 100, 0.99995, 0.99999) == pytest.approx(0.99995)
+    assert ema_tau(100, 100, 0.99995, 0.99999) == pytest.approx(0.99999)
+    assert ema_tau(50, 100, 0.9, 1.0) == pytest.approx(0.95)
+    online, target = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = target.weight.detach().clone()
+    ema_update(target, online, 0.9)
+    assert torch.allclose(target.weight, 0.9 * before + 0.1 * online.weight.detach())
+
+
+def test_class_conditioner_maps_labels():
+    cond = ClassConditioner(ConditioningConfig(kind="classes", classes=["bass", "drums", "vocals", "other"], class_dim=4))
+    assert cond.class_index("bass") == 0
+    assert cond.class_index("electric bass") == 0
+    assert cond.class_index("Drums") == 1
+    assert cond.class_index("banjo") == 3
+    assert cond(["bass", "drums"]).shape == (2, 4)
+
+
+def test_text_conditioner_minilm_is_real_and_cached():
+    from stemjepa.models.conditioning import TextConditioner
+
+    cond = TextConditioner(ConditioningConfig(kind="text", text_backend="minilm"))
+    c = cond(["electric bass", "bass guitar", "snare drum"])
+    assert c.shape == (3, 384)
+    sims = c @ c.T
+    assert sims[0, 1] > sims[0, 2]  # a real sentence model: bass ~ bass more than bass ~ snare
+    n = len(cond.labels)
+    cond(["electric bass"])
+    assert len(cond.labels) == n
+
+
+def test_clap_backend_missing_gives_clear_error(tmp_path):
+    from stemjepa.errors import ConfigError
+    from stemjepa.models.text_encoders import ClapTextEncoder
+
+    with pytest.raises(ConfigError, match="not found locally"):
+        ClapTextEncoder(str(tmp_path / "no_such_clap"))
+
+
+def test_every_config_builds():
+    from stemjepa.config import available_configs
+
+    names = available_configs()
+    for required in ["paper_phase1", "paper_phase2", "contrastive_baseline", "stemjepa", "clap_conditioning",
+                     "contrastive_pretraining", "film", "tiny_phase1", "tiny"]:
+        assert required in names
+    for name in names:
+        cfg = load_config(name)
+        assert isinstance(cfg, TrainConfig)
+    paper = load_config("paper_phase2")
+    assert (paper.data.batch_size, paper.max_steps, paper.optim.warmup_steps, paper.optim.lr) == (256, 300000, 20000, 1e-3)
+    assert paper.model.predictor.num_layers == 6 and paper.model.predictor.hidden_dim == 1024
+    assert paper.model.conditioning.text_backend == "clap" and paper.model.predictor.conditioning == "film"
+
+
+def test_config_errors_are_clear():
+    from stemjepa.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+        load_config("tiny", ["model.bogus=1"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no_such_config")

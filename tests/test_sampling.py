@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stemjepa.config import DataConfig
+from stemjepa.data.cache import TrainingCache, frame_rms_db
+from stemjepa.data.sampling import ChunkPairDataset, OffsetSampler, mix_context, pick_label
+from stemjepa.errors import DataError
+from stemjepa.training.fit import prepare_folder_cache
+
+
+def make_song(folder, stems: dict, sr=16000):
+    folder.mkdir(parents=True)
+    entries = []
+    for name, (wave, labels) in stems.items():
+        sf.write(folder / f"{name}.wav", wave.astype(np.float32), sr)
+        entries.append({"file": f"{name}.wav", "labels": labels})
+    (folder / "stems.json").write_text(json.dumps({"stems": entries}))
+
+
+def tone(seconds, freq=220.0, amp=0.3, sr=16000):
+    t = np.arange(int(seconds * sr)) / sr
+    return amp * np.sin(2 * np.pi * freq * t)
+
+
+def test_frame_rms_db():
+    x = np.ones((1, 3200), dtype=np.float32) * 0.1
+    x[0, 1600:] = 0
+    db = frame_rms_db(x, 1600)
+    assert db.shape == (1, 2)
+    assert db[0, 0] == pytest.approx(-20.0, abs=0.01) and db[0, 1] < -100
+
+
+def test_sampler_picks_active_stems_and_non_empty_context(tmp_path):
+    # stem "late" is silent for the first 10 s, "quiet" is always below the threshold, one song is silent throughout.
+    late = np.concatenate([np.zeros(16000 * 10), tone(10, 330)])
+    make_song(tmp_path / "data" / "a", {"bass": (tone(20, 55), ["bass", "electric bass"]), "late": (late, ["keys"]),
+                                        "quiet": (tone(20) * 1e-5, []), "drums": (tone(20, 900, 0.2), ["drums"])})
+    make_song(tmp_path / "data" / "silent", {"x": (np.zeros(16000 * 20), []), "y": (np.zeros(16000 * 20), [])})
+    cache = TrainingCache(prepare_folder_cache(tmp_path / "data", tmp_path / "cache", 16000, progress=False))
+    cfg = DataConfig(max_context_stems=3, label_level="random")
+    ds = ChunkPairDataset(cache, cfg, chunk_samples=128000, length=200, seed=1)
+    quiet_index = [s["name"] for s in cache.songs[0]["stems"]].index("quiet")
+    for i in range(200):
+        song, start, target, context, label, _ = ds.draw(i)
+        assert cache.songs[song]["id"] == "a"  # the silent song never yields a pair
+        active = set(ds.active_stems(song, start))
+        assert target in active and len(context) >= 1 and set(context) <= active - {target}
+        assert quiet_index not in context and quiet_index != target
+        item = ds[i]
+        assert float(mix_context(item["context"][None], item["gains"][None]).abs().max()) > 0.01  # never an all-zero context
+    # determinism: sample i is a function of (seed, i) only
+    a, b = ds[17], ds[17]
+    assert a["label"] == b["label"] and np.array_equal(a["target"].numpy(), b["target"].numpy())
+
+
+def test_sampler_refuses_data_without_pairs(tmp_path):
+    make_song(tmp_path / "data" / "solo", {"only": (tone(10), ["piano"])})
+    cache = TrainingCache(prepare_folder_cache(tmp_path / "data", tmp_path / "cache", 16000, progress=False))
+    with pytest.raises(DataError, match="at least two stems"):
+        ChunkPairDataset(cache, DataConfig(), 128000, 10)
+
+
+def test_pick_label_levels():
+    rng = np.random.default_rng(0)
+    path = ["guitar", "electric guitar", "lead electric guitar"]
+    assert pick_label(path, "fine", rng) == "lead electric guitar"
+    assert pick_label(path, "coarse", rng) == "guitar"
+    assert pick_label([], "random", rng) == "music"
+    assert {pick_label(path, "random", rng) for _ in range(100)} == set(path)
+
+
+def test_offset_sampler_splits_global_batches_over_ranks():
+    ranks = [list(OffsetSampler(16, start=8, rank=r, world_size=2)) for r in range(2)]
+    assert ranks[0] == [8, 10, 12, 14] and ranks[1] == [9, 11, 13, 15]
