@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from stemjepa.config import DataConfig
 from stemjepa.data.cache import TrainingCache, frame_rms_db
-from stemjepa.data.sampling import ChunkPairDataset, OffsetSampler, mix_context, pick_label
+from stemjepa.data.sampling import ChunkPairDataset, OffsetSampler, collate_pairs, mix_context, pick_label
 from stemjepa.errors import DataError
 from stemjepa.training.fit import prepare_folder_cache
 
@@ -49,8 +50,9 @@ def test_sampler_picks_active_stems_and_non_empty_context(tmp_path):
         active = set(ds.active_stems(song, start))
         assert target in active and len(context) >= 1 and set(context) <= active - {target}
         assert quiet_index not in context and quiet_index != target
-        item = ds[i]
-        assert float(mix_context(item["context"][None], item["gains"][None]).abs().max()) > 0.01  # never an all-zero context
+        batch = collate_pairs([ds[i]])
+        mix = mix_context(batch["context"], batch["owner"], batch["gains"], 1)
+        assert float(mix.abs().max()) > 0.01  # never an all-zero context
     # determinism: sample i is a function of (seed, i) only
     a, b = ds[17], ds[17]
     assert a["label"] == b["label"] and np.array_equal(a["target"].numpy(), b["target"].numpy())
@@ -75,3 +77,12 @@ def test_pick_label_levels():
 def test_offset_sampler_splits_global_batches_over_ranks():
     ranks = [list(OffsetSampler(16, start=8, rank=r, world_size=2)) for r in range(2)]
     assert ranks[0] == [8, 10, 12, 14] and ranks[1] == [9, 11, 13, 15]
+
+
+def test_collate_packs_variable_contexts_and_mixes_per_sample():
+    items = [{"context": torch.ones(k, 4, dtype=torch.float16) * (i + 1), "gains": torch.full((k,), 0.5), "target": torch.zeros(4),
+              "label": "x", "index": i} for i, k in enumerate([1, 3])]
+    batch = collate_pairs(items)
+    assert batch["context"].shape == (4, 4) and batch["owner"].tolist() == [0, 1, 1, 1]
+    mix = mix_context(batch["context"], batch["owner"], batch["gains"], 2)
+    assert torch.allclose(mix, torch.tensor([[0.5] * 4, [3.0] * 4]))

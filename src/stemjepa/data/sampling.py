@@ -4,7 +4,7 @@ Sample i is a pure function of (seed, i): a resumed run sees exactly the samples
 For each sample: a song (weighted by length), a random chunk, the stems active in it (frame RMS above a threshold on enough
 frames, from the activity index, without reading audio), a target uniform among them and a context made of a uniformly-sized
 random non-empty subset of the other active stems. Chunks with fewer than two active stems are redrawn, so a context is never
-all silence. The context is returned as separate stems and mixed on the training device.
+all silence. The context is returned as separate stems (packed per batch by `collate_pairs`) and mixed on the training device.
 """
 from __future__ import annotations
 
@@ -96,18 +96,29 @@ class ChunkPairDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         song, start, target, context, label, rng = self.draw(index)
         audio = self.cache.audio(song)
-        n = audio.shape[1]
-        stop = min(start + self.chunk_samples, n)
-        ctx = np.zeros((self.cfg.max_context_stems, self.chunk_samples), dtype=np.float16)
+        stop = min(start + self.chunk_samples, audio.shape[1])
+        ctx = np.zeros((len(context), self.chunk_samples), dtype=np.float16)
         tgt = np.zeros(self.chunk_samples, dtype=np.float16)
-        ctx[: len(context), : stop - start] = audio[context, start:stop]
+        ctx[:, : stop - start] = audio[context, start:stop]
         tgt[: stop - start] = audio[target, start:stop]
-        gains = np.zeros(self.cfg.max_context_stems, dtype=np.float32)
-        gains[: len(context)] = 1.0
+        gains = np.ones(len(context), dtype=np.float32)
         if self.cfg.gain_db > 0:
-            gains[: len(context)] = 10 ** (rng.uniform(-self.cfg.gain_db, self.cfg.gain_db, len(context)) / 20)
+            gains = (10 ** (rng.uniform(-self.cfg.gain_db, self.cfg.gain_db, len(context)) / 20)).astype(np.float32)
         return {"context": torch.from_numpy(ctx), "gains": torch.from_numpy(gains), "target": torch.from_numpy(tgt),
                 "label": label, "index": index}
+
+
+def collate_pairs(items: list[dict]) -> dict:
+    """Pack a batch: the context stems of all samples concatenated (sum_k, N) with their owner sample, so only the stems that
+    are used travel to the device (no padding to a maximum count), and are mixed there by `mix_context`."""
+    return {
+        "context": torch.cat([it["context"] for it in items]),
+        "owner": torch.cat([torch.full((len(it["context"]),), i, dtype=torch.long) for i, it in enumerate(items)]),
+        "gains": torch.cat([it["gains"] for it in items]),
+        "target": torch.stack([it["target"] for it in items]),
+        "label": [it["label"] for it in items],
+        "index": torch.tensor([it["index"] for it in items]),
+    }
 
 
 class OffsetSampler(Sampler[int]):
@@ -127,6 +138,7 @@ class OffsetSampler(Sampler[int]):
         return max(0, -(-(self.length - self.start - self.rank) // self.world_size))
 
 
-def mix_context(context: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
-    """Sum the context stems (B, C, N) with per-stem gains (B, C) on the training device -> (B, N) float32."""
-    return torch.einsum("bcn,bc->bn", context.float(), gains.float())
+def mix_context(context: torch.Tensor, owner: torch.Tensor, gains: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Sum the packed context stems (sum_k, N) into one mix per sample (B, N) float32 on the training device."""
+    mix = torch.zeros(batch_size, context.shape[-1], device=context.device, dtype=torch.float32)
+    return mix.index_add_(0, owner, context.float() * gains.float()[:, None])

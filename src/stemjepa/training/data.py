@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
 from ..data.cache import TrainingCache
-from ..data.sampling import ChunkPairDataset, OffsetSampler
+from ..data.sampling import ChunkPairDataset, OffsetSampler, collate_pairs
 
 
 class ChunkPairDataModule(L.LightningDataModule):
@@ -35,4 +35,5 @@ class ChunkPairDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             prefetch_factor=self.cfg.data.prefetch_factor if workers > 0 else None,
             drop_last=True,
+            collate_fn=collate_pairs,
         )

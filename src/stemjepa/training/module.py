@@ -49,8 +49,8 @@ class StemJEPAModule(L.LightningModule):
 
     # --- steps -------------------------------------------------------------------------------------------------------------
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict]:
-        context = mix_context(batch["context"], batch["gains"])
         target = batch["target"].float()
+        context = mix_context(batch["context"], batch["owner"], batch["gains"], target.shape[0])
         if self.cfg.phase == 1:
             z = self.model.encode(torch.cat([context, target]))  # one pass for both sides
             s, s_bar = z.float().mean(dim=(1, 2)).chunk(2)
