@@ -219,7 +219,7 @@ def main():
     else:
         d, depth, heads, batch, steps, warmup, workers, songs = 768, 12, 12, args.batch_size, args.steps, args.warmup, args.workers, args.songs
         size = []
-    overrides = size + [f"data.batch_size={batch}", f"data.num_workers={workers}", "log_every=1000"]
+    overrides = size + [f"data.batch_size={batch}", f"data.num_workers={workers}", "data.prefetch_factor=2", "log_every=1000"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}, batch {batch}, compile {compile_}, workers {workers}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="stemjepa_bench_"))

@@ -13,6 +13,14 @@ from ..config import ConditioningConfig
 from .text_encoders import get_text_encoder, text_dim
 
 
+def to_device_async(values: list[int], device: torch.device) -> torch.Tensor:
+    """Indices to `device` without a blocking copy: from pinned memory on CUDA, so the host never waits for the GPU queue."""
+    idx = torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        return idx.pin_memory().to(device, non_blocking=True)
+    return idx.to(device)
+
+
 def normalize_label(label: str) -> str:
     return " ".join(str(label).replace("_", " ").split()).strip().lower()
 
@@ -41,7 +49,7 @@ class ClassConditioner(nn.Module):
         return self.fallback
 
     def forward(self, labels: list[str]) -> torch.Tensor:
-        idx = torch.tensor([self.class_index(l) for l in labels], device=self.embedding.weight.device)
+        idx = to_device_async([self.class_index(l) for l in labels], self.embedding.weight.device)
         return self.embedding(idx)
 
 
@@ -70,7 +78,7 @@ class TextConditioner(nn.Module):
         keys = [normalize_label(l) for l in labels]
         if any(k not in self.index for k in keys):
             self.add_labels(keys)
-        idx = torch.tensor([self.index[k] for k in keys], device=self.table.device)
+        idx = to_device_async([self.index[k] for k in keys], self.table.device)
         return self.table[idx]
 
     # the label list travels with the table in the checkpoint

@@ -31,10 +31,14 @@ class Throughput(L.Callback):
         elif step > self.warmup and self.t0 is not None:
             self.steps += 1
             self.samples += batch["target"].shape[0] * trainer.world_size
+            if step >= trainer.max_steps:  # stop the clock before end-of-training work (checkpoints)
+                self._sync(trainer)
+                self.t1 = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._sync(trainer)
-        self.t1 = time.perf_counter()
+        if self.t1 is None:
+            self._sync(trainer)
+            self.t1 = time.perf_counter()
 
     @property
     def samples_per_second(self) -> float:

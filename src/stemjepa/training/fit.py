@@ -172,7 +172,6 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         precision=precision,
         max_steps=cfg.max_steps,
         max_epochs=-1,
-        gradient_clip_val=cfg.optim.grad_clip or None,
         logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tensorboard")],  # a new version per (re)start
         callbacks=callbacks,
         log_every_n_steps=max(1, cfg.log_every),

@@ -47,6 +47,11 @@ class StemJEPAModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o.warmup_steps, total, o.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the global gradient norm ourselves: Lightning refuses to with fused AdamW, though bf16 needs no unscaling."""
+        if self.cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip, foreach=True)
+
     # --- steps -------------------------------------------------------------------------------------------------------------
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict]:
         target = batch["target"].float()
@@ -70,15 +75,20 @@ class StemJEPAModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in extra.items():
             self.log(f"train/{k}", v, batch_size=bs)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
+        if self._log_now():  # a Python float logged on CUDA is a blocking copy: only when it is written
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         return loss
+
+    def _log_now(self) -> bool:
+        return self.global_step % max(1, self.cfg.log_every) == 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.model.has_predictor:
             j = self.cfg.jepa
             tau = ema_tau(self.global_step, self.cfg.max_steps, j.ema_tau_start, j.ema_tau_end)
             ema_update(self.model.target_encoder, self.model.encoder, tau)
-            self.log("train/ema_tau", tau, batch_size=batch["target"].shape[0])
+            if self._log_now():
+                self.log("train/ema_tau", tau, batch_size=batch["target"].shape[0])
 
     # --- checkpoints ---------------------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
