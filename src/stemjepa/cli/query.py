@@ -1,0 +1,55 @@
+"""`stemjepa query MIX... --instrument TEXT --index INDEX_DIR`: the stems of the library that fit a mix best."""
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "query", help="find the stems of an index that fit a mix (e.g. which bass fits this song without bass)",
+        description="Embed each MIX, predict the embedding of the missing INSTRUMENT, and list the k closest stems of "
+                    "the index, with the offset (seconds) of the best-matching 8 s chunk in each.")
+    p.add_argument("mixes", nargs="+", metavar="MIX", help="audio file(s) of the mix lacking the stem you look for")
+    p.add_argument("--instrument", required=True, help='what to look for, free text (e.g. "bass", "acoustic guitar")')
+    p.add_argument("--index", required=True, help="index folder made by `stemjepa index`")
+    p.add_argument("--checkpoint", default=None, help="default: the checkpoint recorded in the index")
+    p.add_argument("-k", type=int, default=10, help="results per mix (default 10)")
+    p.add_argument("--device", default=None, help="cpu, cuda... (default: cuda when present)")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per mix) instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    from ..errors import StemJepaError
+    from ..search.index import StemIndex
+    from ..search.inputs import check_instrument, load_query
+
+    instrument = check_instrument(args.instrument)
+    if args.k < 1:
+        raise StemJepaError(f"-k must be at least 1, got {args.k}")
+    with StemIndex.open(args.index, checkpoint=args.checkpoint, device=args.device) as index:
+        sr = int(getattr(index.model, "sample_rate", 16000))
+        waves, names, failed = [], [], []
+        for mix in args.mixes:  # a bad mix is reported, the others are still answered
+            try:
+                waves.append(load_query(mix, sr)[0])
+                names.append(mix)
+            except StemJepaError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                failed.append(mix)
+        if not waves:
+            raise StemJepaError("no mix could be used" if len(args.mixes) > 1 else "the mix could not be used")
+        results = index.query_many(waves, instrument, k=args.k)
+        total = len(index)
+    if args.json:
+        out = [{"mix": name, "instrument": instrument, "results": [r.to_dict() for r in res]}
+               for name, res in zip(names, results)]
+        print(json.dumps(out if len(out) > 1 or len(args.mixes) > 1 else out[0], indent=1))
+    else:
+        for name, res in zip(names, results):
+            print(f"{name}: {instrument!r}, top {len(res)} of {total} stems")
+            print(f"{'rank':>4}  {'score':>6}  {'offset':>8}  path")
+            for r in res:
+                print(f"{r.rank:>4}  {r.score:>6.3f}  {r.offset:>7.1f}s  {r.path}")
+    return 2 if failed else 0

@@ -1,0 +1,233 @@
+"""The index's metadata and embeddings in SQLite, with generations so that writers never disturb readers.
+
+Every file row carries `gen_added` and `gen_removed`. An `index` run works on generation N = committed + 1: it inserts
+new rows with gen_added = N and marks replaced/deleted rows with gen_removed = N, committing after every batch, so a
+killed run loses at most one batch. Readers only look at the committed generation G (rows with gen_added <= G and
+gen_removed NULL or > G) through the snapshot files of G, so they never see half an update. The run ends by writing
+the snapshot files of N and committing `generation = N` in one transaction, which is the moment the update appears.
+SQLite runs in WAL mode so that queries read while an update writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StemJepaError
+
+FORMAT_VERSION = 1
+DB_NAME = "index.sqlite"
+LOCK_NAME = "index.lock"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    duration REAL NOT NULL,
+    n_chunks INTEGER NOT NULL,
+    offsets BLOB NOT NULL,      -- float32 (n_chunks,): start of each chunk, seconds
+    weights BLOB NOT NULL,      -- float32 (n_chunks,): valid patches per chunk
+    chunks BLOB NOT NULL,       -- float16 (n_chunks, dim), L2-normalised: only used to locate the best offset
+    vector BLOB NOT NULL,       -- float32 (dim,), L2-normalised file vector: what is searched
+    gen_added INTEGER NOT NULL,
+    gen_removed INTEGER         -- NULL while the file is in the library
+);
+CREATE INDEX IF NOT EXISTS files_path ON files(path);
+CREATE INDEX IF NOT EXISTS files_checksum ON files(checksum);
+CREATE INDEX IF NOT EXISTS files_gen ON files(gen_added, gen_removed);
+"""
+
+
+class StemIndexError(StemJepaError):
+    """A stem index folder that is missing, foreign, unfinished, or written by a newer stemjepa."""
+
+
+@dataclass
+class FileRow:
+    """Metadata and vectors of one indexed file."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    checksum: str
+    duration: float
+    offsets: np.ndarray
+    weights: np.ndarray
+    chunks: np.ndarray
+    vector: np.ndarray
+    gen_added: int
+    gen_removed: int | None
+
+
+def _row(r: sqlite3.Row, dim: int) -> FileRow:
+    n = r["n_chunks"]
+    return FileRow(
+        id=r["id"], path=r["path"], size=r["size"], mtime_ns=r["mtime_ns"], checksum=r["checksum"],
+        duration=r["duration"],
+        offsets=np.frombuffer(r["offsets"], np.float32), weights=np.frombuffer(r["weights"], np.float32),
+        chunks=np.frombuffer(r["chunks"], np.float16).reshape(n, dim), vector=np.frombuffer(r["vector"], np.float32),
+        gen_added=r["gen_added"], gen_removed=r["gen_removed"],
+    )
+
+
+class MetaStore:
+    """SQLite file of one index folder. Writers open it with `create=True`; readers must find a finished index."""
+
+    def __init__(self, folder, create: bool = False):
+        self.folder = Path(folder)
+        self.db_path = self.folder / DB_NAME
+        if not create:
+            check_index_folder(self.folder)
+        self.conn = sqlite3.connect(str(self.db_path), timeout=60.0, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: a killed process loses nothing committed
+            if create:
+                self.conn.executescript(_SCHEMA)
+            version = self.get("format_version")
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise StemIndexError(f"{self.db_path}: not a readable stem index ({exc})") from None
+        if version is not None and int(version) > FORMAT_VERSION:
+            self.conn.close()
+            raise StemIndexError(
+                f"{self.folder}: index written by a newer stemjepa (format {version}; this version reads up to "
+                f"{FORMAT_VERSION}): upgrade stemjepa, or build a new index with this version"
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- info key/values -----------------------------------------------------------------------------------------
+    def get(self, key: str, default=None):
+        row = self.conn.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set(self, key: str, value) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def info(self) -> dict:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM info")}
+
+    @property
+    def generation(self) -> int:
+        return int(self.get("generation", 0))
+
+    def transaction(self):
+        return _Transaction(self.conn)
+
+    # --- rows ----------------------------------------------------------------------------------------------------
+    def rows_by_id(self, ids, dim: int) -> dict[int, FileRow]:
+        ids = [int(i) for i in ids]
+        out: dict[int, FileRow] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            q = f"SELECT * FROM files WHERE id IN ({','.join('?' * len(part))})"
+            out.update({r["id"]: _row(r, dim) for r in self.conn.execute(q, part)})
+        return out
+
+    def live_stats(self, generation: int) -> dict[str, tuple[int, int, int, str]]:
+        """path -> (id, size, mtime_ns, checksum) of the files visible at `generation` (the committed one)."""
+        q = ("SELECT id, path, size, mtime_ns, checksum FROM files WHERE gen_added <= ? AND "
+             "(gen_removed IS NULL OR gen_removed > ?)")
+        rows = self.conn.execute(q, (generation, generation))
+        return {r["path"]: (r["id"], r["size"], r["mtime_ns"], r["checksum"]) for r in rows}
+
+    def pending_stats(self, generation: int) -> dict[str, tuple[int, int, int, str]]:
+        """Rows a killed run already embedded for `generation` (not yet committed)."""
+        q = "SELECT id, path, size, mtime_ns, checksum FROM files WHERE gen_added = ?"
+        rows = self.conn.execute(q, (generation,))
+        return {r["path"]: (r["id"], r["size"], r["mtime_ns"], r["checksum"]) for r in rows}
+
+    def row_by_checksum(self, checksum: str, dim: int) -> FileRow | None:
+        r = self.conn.execute("SELECT * FROM files WHERE checksum = ? ORDER BY id DESC LIMIT 1", (checksum,)).fetchone()
+        return _row(r, dim) if r else None
+
+    def insert_row(self, path: str, size: int, mtime_ns: int, checksum: str, duration: float, offsets: np.ndarray,
+                   weights: np.ndarray, chunks: np.ndarray, vector: np.ndarray, generation: int) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO files(path, size, mtime_ns, checksum, duration, n_chunks, offsets, weights, chunks, vector, "
+            "gen_added, gen_removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (path, size, mtime_ns, checksum, float(duration), int(len(offsets)),
+             np.ascontiguousarray(offsets, np.float32).tobytes(), np.ascontiguousarray(weights, np.float32).tobytes(),
+             np.ascontiguousarray(chunks, np.float16).tobytes(), np.ascontiguousarray(vector, np.float32).tobytes(),
+             generation),
+        )
+        return int(cur.lastrowid)
+
+    def visible_vectors(self, generation: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 ascending, vectors float32 (n, dim)) of the rows visible at `generation`."""
+        q = ("SELECT id, vector FROM files WHERE gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?) "
+             "ORDER BY id")
+        rows = self.conn.execute(q, (generation, generation)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.empty((len(rows), dim), np.float32)
+        for i, r in enumerate(rows):
+            vectors[i] = np.frombuffer(r[1], np.float32)
+        return ids, vectors
+
+
+class _Transaction:
+    """`with store.transaction():` BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def check_index_folder(folder) -> None:
+    """Refuse a path that is not an index folder, with a message that says what to do."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise StemIndexError(f"{folder}: index folder not found (build one with `stemjepa index DIR --out {folder}`)")
+    if not folder.is_dir():
+        raise StemIndexError(f"{folder}: not a folder (an index is a folder made by `stemjepa index`)")
+    if not (folder / DB_NAME).is_file():
+        raise StemIndexError(
+            f"{folder}: not a stem index (no {DB_NAME}; build one with `stemjepa index DIR --out {folder}`)")
+
+
+def fsync_dir(folder) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write) -> None:
+    """Call `write(tmp_path)`, fsync, then rename over `path`: readers see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
