@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import time
+from datetime import timedelta
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ class FitOptions:
     strategy: str | None = None
     max_steps: int | None = None  # with --resume: a new total number of steps
     callbacks: list = field(default_factory=list)  # extra Lightning callbacks (programmatic use)
+    max_time: float | None = None  # seconds: stop earlier than max_steps when the time is up (time-boxed runs)
 
 
 def prepare_folder_cache(folder: Path, cache_dir: Path, sample_rate: int, progress: bool = True) -> Path:
@@ -171,6 +173,7 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         strategy=strategy,
         precision=precision,
         max_steps=cfg.max_steps,
+        max_time=timedelta(seconds=opts.max_time) if opts.max_time else None,
         max_epochs=-1,
         logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tensorboard")],  # a new version per (re)start
         callbacks=callbacks,
