@@ -39,8 +39,8 @@ class DemoConfig:
     seed: int = 0
     jobs: int = 2
     held_out: tuple[str, ...] = HELD_OUT
-    phase1_steps: int = 300
-    phase2_steps: int = 500
+    phase1_steps: int = 200
+    phase2_steps: int = 800
     batch_size: int = 24
     progress: bool = True
     timings: dict = field(default_factory=dict)
@@ -145,7 +145,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     train_seconds = max(60.0, 0.8 * left - 30)
     runs = {"contrastive baseline (phase 1)": out / "runs" / "phase1", "full model (phase 2, FiLM)": out / "runs" / "phase2"}
     with _Stage(cfg, "2/5 training: phase 1 (contrastive) then phase 2 (JEPA, FiLM on MiniLM text embeddings)"):
-        p1 = _train(cfg, "tiny_phase1", runs["contrastive baseline (phase 1)"], cfg.phase1_steps, 0.4 * train_seconds, train_dir)
+        p1 = _train(cfg, "tiny_phase1", runs["contrastive baseline (phase 1)"], cfg.phase1_steps, 0.3 * train_seconds, train_dir)
         p2 = _train(cfg, "tiny", runs["full model (phase 2, FiLM)"], cfg.phase2_steps,
                     train_seconds - (time.time() - started - (budget - left)), train_dir, init=p1)
 
@@ -167,13 +167,16 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     examples = []
     with _Stage(cfg, "4/5 stem library: index the held-out songs' stems and ask which stem fits a mix"):
-        summary = build_index(test_dir, out / "index", None, checkpoint=str(p2), progress=cfg.progress)
+        from .models import load_model
+
+        model = load_model(p2)
+        summary = build_index(test_dir, out / "index", model, checkpoint=str(p2), progress=cfg.progress)
         print("   " + summary.text().replace("\n", "\n   "))
         qdir = out / "queries"
         qdir.mkdir(exist_ok=True)
         from .audio.io import save_audio
 
-        with StemIndex.open(out / "index", checkpoint=str(p2)) as index:
+        with StemIndex.open(out / "index", model=model) as index:
             for song, s in _pick_queries(songs, cfg.held_out):
                 loaded = load_song(song, 16000)
                 target = song.stems[s]

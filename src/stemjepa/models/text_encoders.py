@@ -74,7 +74,7 @@ class ClapTextEncoder(TextEncoder):
 
         with torch.no_grad():
             tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
-            feats = self.model.get_text_features(**tokens)
+            feats = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
             if not isinstance(feats, torch.Tensor):  # newer transformers may return a model output
                 feats = getattr(feats, "text_embeds", None) or feats.pooler_output
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)
