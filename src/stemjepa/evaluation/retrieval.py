@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.cache import frame_rms_db
 from ..data.multitrack import UNLABELLED, Song, Stem, load_song
 from ..errors import DataError, StemJepaError
 from . import analysis, metrics
@@ -53,12 +54,7 @@ def is_silent(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: fl
     wave = np.asarray(wave, dtype=np.float32)
     if wave.size == 0:
         return True
-    frame = max(1, int(frame_seconds * sample_rate))
-    n = -(-wave.size // frame) * frame
-    padded = np.zeros(n, dtype=np.float64)
-    padded[: wave.size] = wave
-    rms = np.sqrt(np.mean(padded.reshape(-1, frame) ** 2, axis=1))
-    return bool(rms.max() < 10.0 ** (threshold_db / 20.0))
+    return bool(frame_rms_db(wave, max(1, int(frame_seconds * sample_rate))).max() < threshold_db)
 
 
 def other_stems_mix(audio: np.ndarray, index: int) -> np.ndarray:
