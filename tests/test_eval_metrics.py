@@ -110,3 +110,13 @@ def test_tally_percentages_and_overall_row():
         assert sum(r[f"{k}_pct"] for k in analysis.CLASS_KEYS) == pytest.approx(100.0)
     total = analysis.overall_row(rows)
     assert total["n"] == 4 and total["right_stem_pct"] == 75.0
+
+
+def test_label_presence_in_training_set():
+    from stemjepa.evaluation.analysis import label_presence
+
+    seen = {"lead female singer", "bass", "electric bass", "tenor saxophone"}
+    assert label_presence("Electric_Bass", seen) == "seen"
+    assert label_presence("female lead vocals", seen) == "reworded"
+    assert label_presence("alto saxophone", seen) == "unseen"
+    assert label_presence("banjo", seen) == "unseen"

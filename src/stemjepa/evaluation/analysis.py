@@ -62,7 +62,8 @@ def overall_row(rows: list[dict]) -> dict:
 
 
 def write_analysis_csv(rows: list[dict], path) -> None:
-    fields = ["label", "n"] + CLASS_KEYS + [f"{k}_pct" for k in CLASS_KEYS]
+    fields = ["label", "n"] + (["in_training"] if any("in_training" in r for r in rows) else []) + CLASS_KEYS \
+        + [f"{k}_pct" for k in CLASS_KEYS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -70,8 +71,42 @@ def write_analysis_csv(rows: list[dict], path) -> None:
             writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def plot_fig2(rows: list[dict], path, title: str = "") -> None:
-    """Stacked horizontal bars, one per conditioning label (best at the top), plus the overall bar, like Fig. 2."""
+# label colours of Fig. 2: the conditioning label was in the training set, was there written differently, or is new
+PRESENCE_COLOURS = {"seen": "#1a7f37", "reworded": "#d97706", "unseen": "#c62828"}
+
+
+def training_labels(model) -> set[str] | None:
+    """The labels a checkpoint was trained with: its text conditioner's table (filled with every training label before
+    training) or its class list; None for a model without conditioning (contrastive only)."""
+    cond = getattr(model, "conditioner", None) if getattr(model, "has_predictor", False) else None
+    labels = getattr(cond, "labels", None) or getattr(cond, "classes", None)
+    return {_words(l) for l in labels} if labels else None
+
+
+def _words(label: str) -> str:
+    return " ".join(str(label).replace("_", " ").replace("-", " ").lower().split())
+
+
+def label_presence(label: str, seen: set[str]) -> str:
+    """'seen' when the label was a training label; 'reworded' when a training label shares all its words but one, and at least
+    two (a word-overlap heuristic: "lead female singer" / "female lead vocals"); else 'unseen' (the zero-shot case)."""
+    norm = _words(label)
+    if norm in seen:
+        return "seen"
+    words = set(norm.split())
+    for other in seen:
+        other_words = set(other.split())
+        shared = len(words & other_words)
+        if shared >= 2 and shared >= max(len(words), len(other_words)) - 1:
+            return "reworded"
+    return "unseen"
+
+
+def plot_fig2(rows: list[dict], path, title: str = "", seen: set[str] | None = None) -> None:
+    """Stacked horizontal bars, one per conditioning label (best at the top), plus the overall bar, like Fig. 2.
+
+    With `seen` (the training labels), label names are coloured as in the paper: green when the label was in the training
+    set, orange when it was there written differently, red when it is new (zero-shot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,6 +127,9 @@ def plot_fig2(rows: list[dict], path, title: str = "") -> None:
     ax.set_yticks(y)
     ax.set_yticklabels(names, fontsize=8)
     ax.get_yticklabels()[-1].set_fontweight("bold")  # the overall bar (lowest y)
+    if seen is not None:
+        for tick, row in zip(ax.get_yticklabels(), bars[:-1]):
+            tick.set_color(PRESENCE_COLOURS[label_presence(row["label"], seen)])
     ax.axhline(0.5, color="black", linewidth=0.8)  # separates the overall bar from the per-label ones
     ax.set_xlim(0, 100)
     ax.set_ylim(-0.6, len(bars) - 0.4)
@@ -100,13 +138,18 @@ def plot_fig2(rows: list[dict], path, title: str = "") -> None:
         ax.set_title(title, fontsize=10)
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8,
                frameon=False)
+    if seen is not None:
+        fig.text(0.01, 0.0, "labels: green = in training set, orange = written differently, red = unseen (zero-shot)",
+                 fontsize=7, color="#444444")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
-def write_analysis(rows: list[dict], out_dir, title: str = "") -> tuple[Path, Path]:
+def write_analysis(rows: list[dict], out_dir, title: str = "", seen: set[str] | None = None) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     csv_path, png_path = out_dir / "analysis.csv", out_dir / "fig2.png"
+    if seen is not None:
+        rows = [{**r, "in_training": label_presence(r["label"], seen)} for r in rows]
     write_analysis_csv(rows, csv_path)
-    plot_fig2(rows, png_path, title)
+    plot_fig2(rows, png_path, title, seen)
     return csv_path, png_path

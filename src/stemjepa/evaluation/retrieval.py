@@ -348,6 +348,7 @@ def evaluate_retrieval(
         checkpoint = getattr(model, "checkpoint_path", None)
         checkpoint = None if checkpoint is None else str(checkpoint)
     model_id = str(model.model_id)
+    seen = analysis.training_labels(model)  # before queries add new labels to the model's text table
     if label_map is None:
         label_map = default_label_map(dataset)
     identity = {"model_id": model_id, "dataset": dataset, "split": split, "conditioning": conditioning}
@@ -391,7 +392,7 @@ def evaluate_retrieval(
                 (out / f).unlink(missing_ok=True)
         _write_rankings(out / "rankings.csv", rows)
         title = f"{record['name']} on {dataset} ({split}), {conditioning} conditioning: nearest neighbour per label"
-        analysis.write_analysis(tally, out, title)
+        analysis.write_analysis(tally, out, title, seen)
         record["seconds"] = round(time.perf_counter() - start, 3)
         write_report(record, out / "report.md")
         _write_json(out / "metrics.json", record)
