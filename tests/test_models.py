@@ -146,3 +146,29 @@ def test_config_errors_are_clear():
         load_config("tiny", ["model.bogus=1"])
     with pytest.raises(ConfigError, match="not found"):
         load_config("no_such_config")
+
+
+def test_long_inputs_are_chunked_and_short_ones_padded_with_silence():
+    import numpy as np
+
+    from stemjepa.models.inference import split_chunks
+
+    chunks, valid = split_chunks(np.ones(16000 * 20, dtype=np.float32), 128000, 2560)
+    assert chunks.shape == (3, 128000) and valid.tolist() == [50, 50, 25]  # 20 s = 8 + 8 + 4 s; 4 s = 25 patches of 0.16 s
+    assert chunks[2, 64000:].max() == 0 and chunks[2, :64000].min() == 1  # the last chunk is padded with silence
+    chunks, valid = split_chunks(np.ones(48000, dtype=np.float32), 128000, 2560)
+    assert chunks.shape == (1, 128000) and valid.tolist() == [19]  # 3 s -> ceil(48000 / 2560) patches hold audio
+
+
+def test_track_embedding_averages_only_real_patches(tiny_checkpoint):
+    import numpy as np
+
+    from stemjepa.models import load_model
+
+    model = load_model(tiny_checkpoint, device="cpu")
+    wave = (np.random.default_rng(0).standard_normal(model.chunk_samples + model.chunk_samples // 2) * 0.1).astype(np.float32)
+    emb = model.embed(wave)
+    assert emb.chunks.shape == (2, model.embed_dim)
+    assert emb.offsets.tolist() == [0.0, model.chunk_samples / model.sample_rate]
+    expected = (emb.chunks * emb.weights[:, None]).sum(0) / emb.weights.sum()
+    assert np.allclose(emb.vector, expected, atol=1e-5)
