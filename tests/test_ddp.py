@@ -4,11 +4,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 
-def test_two_process_ddp_ranks_hold_identical_weights(toy_corpus, tmp_path):
+
+@pytest.mark.parametrize("config", ["tiny_phase1", "tiny"])  # phase 1 gathers the global batch; phase 2 runs the EMA
+def test_two_process_ddp_ranks_hold_identical_weights(toy_corpus, tmp_path, config):
     digests = tmp_path / "digests"
     env = dict(os.environ, STEMJEPA_RANK_DIGESTS=str(digests), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "stemjepa.cli.main", "fit", "--config", "tiny", "--data", str(toy_corpus),
+    cmd = [sys.executable, "-m", "stemjepa.cli.main", "fit", "--config", config, "--data", str(toy_corpus),
            "--out", str(tmp_path / "run"), "--device", "cpu", "--devices", "2", "--max-steps", "3", "--batch-size", "4",
            "--workers", "0", "--no-progress", "model.encoder.depth=1"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -172,3 +172,15 @@ def test_track_embedding_averages_only_real_patches(tiny_checkpoint):
     assert emb.offsets.tolist() == [0.0, model.chunk_samples / model.sample_rate]
     expected = (emb.chunks * emb.weights[:, None]).sum(0) / emb.weights.sum()
     assert np.allclose(emb.vector, expected, atol=1e-5)
+
+
+def test_config_values_are_typed_and_checked():
+    from stemjepa.errors import ConfigError
+
+    cfg = load_config("tiny", ["optim.lr=5e-4", "data.num_workers=3", "compile=true", "data.split=null"])
+    assert cfg.optim.lr == 5e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.num_workers == 3 and cfg.compile is True and cfg.data.split is None
+    for bad, message in [("phase=3", "not one of"), ("data.label_level=fin", "not one of"), ("optim.lr=abc", "not a valid float"),
+                         ("max_steps=1.5", "not a valid int")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("tiny", [bad])

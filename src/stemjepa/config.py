@@ -6,6 +6,7 @@ The whole config is saved inside every checkpoint, so a checkpoint alone rebuild
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class ConditioningConfig:
     kind: str = "text"  # "classes" | "text"
     text_backend: str = "minilm"  # "minilm" | "clap"
     clap_model: str = "laion/larger_clap_music"  # local directory or a model id in the local Hugging Face cache
+    text_dim: int | None = None  # filled in from the text encoder at training time, so loading a checkpoint needs no encoder
     classes: list[str] = field(default_factory=lambda: ["bass", "drums", "vocals", "other"])
     class_fallback: str = "other"
     class_dim: int = 768
@@ -162,7 +164,7 @@ def _build(cls, data: dict, where: str):
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
         sub = _nested_type(cls, key)
-        kwargs[key] = _build(sub, value, f"{where}.{key}") if sub is not None else _coerce(fields[key], value)
+        kwargs[key] = _build(sub, value, f"{where}.{key}") if sub is not None else _coerce(cls, key, value, f"{where}.{key}")
     return cls(**kwargs)
 
 
@@ -171,10 +173,52 @@ def _nested_type(cls, key):
     return hint if dataclasses.is_dataclass(hint) else None
 
 
-def _coerce(f, value):
-    if f.name == "betas" and isinstance(value, list):
-        return tuple(value)
+# fields with a fixed set of values, checked when a config is built (a typo fails here, not deep inside training)
+CHOICES = {
+    "phase": (1, 2), "kind": ("classes", "text"), "text_backend": ("minilm", "clap"), "conditioning": ("film", "concat"),
+    "label_level": ("random", "fine", "coarse"), "loss_reduction": ("mean", "sum"),
+    "precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed"),
+}
+
+
+def _coerce(cls, key: str, value, where: str):
+    """Check a value against the field's type (YAML reads `5e-4` as a string, for instance) and its allowed choices."""
+    hint = typing.get_type_hints(cls)[key]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    members = [t for t in typing.get_args(hint) if t is not type(None)] if union else [hint]
+    optional = type(None) in typing.get_args(hint)
+    if value is None and optional:
+        return None
+    base = members[0] if members else hint
+    try:
+        if base is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                value = value.lower() in ("true", "yes", "1")
+            elif not isinstance(value, bool):
+                raise ValueError
+        elif base is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            value = int(float(value))
+        elif base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        elif base is str:
+            if not isinstance(value, str):
+                value = str(value)
+        elif typing.get_origin(base) is tuple:
+            value = tuple(float(v) for v in value)
+        elif typing.get_origin(base) is list:
+            if key == "classes" and value == "auto":
+                return value
+            value = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, CHOICES[key]))}")
     return value
+
 
 
 def from_dict(data: dict) -> TrainConfig:

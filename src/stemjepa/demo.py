@@ -238,11 +238,12 @@ def _write_reports(out: Path, cfg: DemoConfig, table: str, metrics: dict, exampl
     md += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in cfg.timings.items()]
     (out / "report.md").write_text("\n".join(md) + "\n")
 
-    rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{c}</td>" + "".join(f"<td>{m[k]:.1f}</td>" for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median"))
-        + f"<td>{m['top1_k64']:.1f}</td><td>{m['n_queries']}</td></tr>" if m.get("top1_k64") is not None else
-        f"<tr><td>{html.escape(n)}</td><td>{c}</td>" + "".join(f"<td>{m[k]:.1f}</td>" for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median"))
-        + f"<td>-</td><td>{m['n_queries']}</td></tr>" for (n, c), m in metrics.items())
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{c}</td>"
+                   + "".join(f"<td>{cell(m.get(k))}</td>" for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median", "top1_k64"))
+                   + f"<td>{m['n_queries']}</td></tr>" for (n, c), m in metrics.items())
     players = []
     for ex in examples:
         items = [f"<p><b>Query mix</b> {html.escape(Path(ex['mix']).name)}, instrument <i>{html.escape(ex['instrument'])}</i>"

@@ -21,6 +21,11 @@ def run(args) -> int:
     from ..errors import StemJepaError
     from ..models import load_model
 
+    out = None
+    if args.out:
+        out = Path(args.out) if args.out.endswith(".npy") else Path(args.out + ".npy")  # np.save appends .npy
+        if out.exists():
+            raise StemJepaError(f"{out}: exists already; choose another --out")
     model = load_model(args.checkpoint, device=args.device)
     vectors, failed = [], []
     for path in args.files:
@@ -33,10 +38,7 @@ def run(args) -> int:
         vectors.append((path, model.embed(wave, args.batch_size).vector))
     if not vectors:
         raise StemJepaError("no file could be embedded")
-    if args.out:
-        out = Path(args.out)
-        if out.exists():
-            raise StemJepaError(f"{out}: exists already; choose another --out")
+    if out is not None:
         np.save(out, np.stack([v for _, v in vectors]))
         print(f"saved {len(vectors)} embeddings of dimension {vectors[0][1].shape[0]} to {out}")
     else:

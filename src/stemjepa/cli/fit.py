@@ -44,6 +44,9 @@ def run(args) -> int:
         overrides.append(f"data.batch_size={args.batch_size}")
     if args.workers is not None:
         overrides.append(f"data.num_workers={args.workers}")
+    ignored = list(args.overrides) + (["--batch-size"] if args.batch_size is not None else [])
+    if args.resume and ignored:
+        print(f"warning: ignored with --resume (the run continues with the config saved in its checkpoint): {' '.join(ignored)}")
     cfg = load_config(args.config, overrides)
     opts = FitOptions(data=args.data, out=args.out, init=args.init, resume=args.resume, overwrite=args.overwrite,
                       device=args.device, devices=args.devices, num_nodes=args.num_nodes, progress=not args.no_progress,

@@ -85,8 +85,8 @@ class ChunkPairDataset(Dataset):
                 continue
             target = int(rng.choice(active))
             others = active[active != target]
-            k = int(rng.integers(1, len(others) + 1))
-            context = np.sort(rng.choice(others, size=min(k, self.cfg.max_context_stems), replace=False))
+            k = int(rng.integers(1, min(len(others), self.cfg.max_context_stems) + 1))
+            context = np.sort(rng.choice(others, size=k, replace=False))
             labels = self.cache.songs[song]["stems"][target]["labels"]
             label = pick_label(labels, self.cfg.label_level, rng, self.cfg.unlabelled)
             return song, start, target, context, label, rng
@@ -135,7 +135,9 @@ class OffsetSampler(Sampler[int]):
         return iter(range(self.start + self.rank, self.length, self.world_size))
 
     def __len__(self) -> int:
-        return max(0, -(-(self.length - self.start - self.rank) // self.world_size))
+        # the whole epoch, not what is left after `start`: Lightning counts the batches restored from a checkpoint as
+        # already fetched, and would otherwise end the epoch early and replay samples
+        return max(0, -(-(self.length - self.rank) // self.world_size))
 
 
 def mix_context(context: torch.Tensor, owner: torch.Tensor, gains: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig, from_dict
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, StemJepaError
 
 FORMAT_VERSION = 1
 
@@ -54,6 +54,12 @@ def load_model(path, device=None, eval_mode: bool = True):
         raise CheckpointError(f"{path}: weights do not match the config inside it ({str(exc)[:300]})") from None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise StemJepaError(f"device {device!r} asked for, but no CUDA GPU is available (use --device cpu)")
+    try:
+        model.to(device)
+    except (RuntimeError, ValueError) as exc:
+        raise StemJepaError(f"cannot use device {device!r} ({exc})") from None
     model.checkpoint_path = str(path)
+    _ = model.model_id  # fixed now, before queries of new labels grow the text table
     return model.eval() if eval_mode else model

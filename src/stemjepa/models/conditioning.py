@@ -58,7 +58,9 @@ class TextConditioner(nn.Module):
         super().__init__()
         self.backend = cfg.text_backend
         self.clap_model = cfg.clap_model
-        self.dim = text_dim(cfg.text_backend, cfg.clap_model)
+        if cfg.text_dim is None:  # a new model: ask the text encoder, and remember the answer in the config it saves
+            cfg.text_dim = text_dim(cfg.text_backend, cfg.clap_model)
+        self.dim = cfg.text_dim
         self.labels: list[str] = []
         self.index: dict[str, int] = {}
         self.register_buffer("table", torch.zeros(0, self.dim))

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
 from ..data.cache import TrainingCache
+from ..errors import StemJepaError
 from ..data.sampling import ChunkPairDataset, OffsetSampler, collate_pairs
 
 
@@ -22,7 +23,7 @@ class ChunkPairDataModule(L.LightningDataModule):
         world = trainer.world_size if trainer else 1
         rank = trainer.global_rank if trainer else 0
         if self.cfg.data.batch_size % world:
-            raise ValueError(f"global batch size {self.cfg.data.batch_size} is not divisible by the {world} devices")
+            raise StemJepaError(f"global batch size {self.cfg.data.batch_size} is not divisible by the {world} devices")
         start = (trainer.global_step if trainer else 0) * self.cfg.data.batch_size  # resume exactly where the last run stopped
         sampler = OffsetSampler(len(self.dataset), start, rank, world)
         workers = self.cfg.data.num_workers

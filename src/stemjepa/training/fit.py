@@ -59,13 +59,14 @@ def prepare_folder_cache(folder: Path, cache_dir: Path, sample_rate: int, progre
             skipped.append({"item": f"{song.id}/{name}", "reason": reason})
         write_cache_song(cache_dir, loaded, "folder")
     for item in skipped:
-        log.warning("skipped %s: %s", item["item"], item["reason"])
         print(f"warning: skipped {item['item']}: {item['reason']}")
     finalize_cache(cache_dir, "folder", skipped)
     return cache_dir
 
 
-def resolve_data(data: str, run_dir: Path, sample_rate: int, progress: bool) -> TrainingCache:
+def resolve_data(data: str, run_dir: Path, sample_rate: int, progress: bool, split: str | None = None) -> TrainingCache:
+    """The training cache for `data` (a cache, or a folder prepared on first use), restricted to `split` (songs without a
+    split are always kept)."""
     path = Path(data)
     if not path.exists():
         raise DataError(f"{path}: training data not found")
@@ -80,7 +81,7 @@ def resolve_data(data: str, run_dir: Path, sample_rate: int, progress: bool) -> 
         except PermissionError:
             cache_dir = run_dir / "cache"
             prepare_folder_cache(path, cache_dir, sample_rate, progress)
-    cache = TrainingCache(cache_dir)
+    cache = TrainingCache(cache_dir, split=split)
     if cache.sample_rate != sample_rate:
         raise DataError(f"{cache_dir}: cache holds {cache.sample_rate} Hz audio but the model expects {sample_rate} Hz; "
                         f"prepare it again with --sample-rate {sample_rate}")
@@ -125,16 +126,19 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         if not last.is_file():
             raise CheckpointError(f"{last}: nothing to resume (no last.ckpt in {run_dir})")
         saved = checkpoint_config(read_checkpoint(last), last)
-        if opts.max_steps is not None:  # extending a finished run is allowed; everything else comes from the checkpoint
+        if opts.max_steps is not None:  # extending a run is allowed (it stretches the cosine and EMA schedules)
             saved.max_steps = opts.max_steps
+        # loader settings belong to the machine, not the run; everything else comes from the checkpoint
+        saved.data.num_workers, saved.data.prefetch_factor = cfg.data.num_workers, cfg.data.prefetch_factor
         cfg = saved
         ckpt_path = str(last)
     elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         if not opts.overwrite:
             raise StemJepaError(f"{run_dir} already holds a training run; use --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(ckpt_dir)
+        for old in (ckpt_dir, run_dir / "logs", run_dir / "tensorboard"):
+            shutil.rmtree(old, ignore_errors=True)
 
-    cache = resolve_data(opts.data, run_dir, cfg.model.frontend.sample_rate, opts.progress)
+    cache = resolve_data(opts.data, run_dir, cfg.model.frontend.sample_rate, opts.progress, cfg.data.split)
     if cfg.phase == 2 and cfg.model.conditioning.kind == "classes" and cfg.model.conditioning.classes in ("auto", ["auto"]):
         coarse = sorted({s["labels"][0].lower() for song in cache.songs for s in song["stems"] if s["labels"]})
         cfg.model.conditioning.classes = coarse + [cfg.data.unlabelled]

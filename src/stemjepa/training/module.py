@@ -59,6 +59,9 @@ class StemJEPAModule(L.LightningModule):
         if self.cfg.phase == 1:
             z = self.model.encode(torch.cat([context, target]))  # one pass for both sides
             s, s_bar = z.float().mean(dim=(1, 2)).chunk(2)
+            if self.trainer.world_size > 1:  # Eq. 1 over the global batch: every rank sees the other ranks' negatives
+                s = self.all_gather(s, sync_grads=True).flatten(0, 1)
+                s_bar = self.all_gather(s_bar, sync_grads=True).flatten(0, 1)
             temperature = self.model.temperature()
             loss = info_nce(s, s_bar, temperature, self.cfg.contrastive.symmetric)
             return loss, {"temperature": temperature.detach()}
