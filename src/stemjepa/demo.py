@@ -107,18 +107,21 @@ def _curves(runs: dict[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
-def _pick_queries(songs, held_out, n: int = 3) -> list[tuple]:
-    """(song, stem index) pairs: a held-out (zero-shot) instrument where possible, and a bass."""
-    picks = []
-    for song in songs:
-        names = [" ".join(s.labels).lower() for s in song.stems]
-        zero = [i for i, n_ in enumerate(names) if any(h in n_ for h in held_out)]
-        bass = [i for i, s in enumerate(song.stems) if s.labels and s.labels[0] == "bass"]
-        choice = zero[0] if zero and len(picks) % 2 == 0 else (bass[0] if bass else (zero[0] if zero else None))
-        if choice is not None and len(song.stems) > 2:
-            picks.append((song, choice))
-        if len(picks) == n:
-            break
+def _pick_queries(songs, held_out) -> list[tuple]:
+    """(song, stem index) pairs, one song each: a held-out (zero-shot) instrument, a bass, and drums."""
+    wanted = [
+        lambda st: any(h in " ".join(st.labels).lower() for h in held_out),
+        lambda st: bool(st.labels) and st.labels[0] == "bass",
+        lambda st: bool(st.labels) and st.labels[0] == "drums",
+    ]
+    picks, used = [], set()
+    for want in wanted:
+        for song in songs:
+            hits = [i for i, st in enumerate(song.stems) if want(st)]
+            if song.id not in used and hits and len(song.stems) > 2:
+                picks.append((song, hits[0]))
+                used.add(song.id)
+                break
     return picks
 
 
