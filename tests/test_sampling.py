@@ -86,3 +86,18 @@ def test_collate_packs_variable_contexts_and_mixes_per_sample():
     assert batch["context"].shape == (4, 4) and batch["owner"].tolist() == [0, 1, 1, 1]
     mix = mix_context(batch["context"], batch["owner"], batch["gains"], 2)
     assert torch.allclose(mix, torch.tensor([[0.5] * 4, [3.0] * 4]))
+
+
+def test_folder_cache_follows_changed_and_deleted_songs(tmp_path):
+    import shutil
+
+    make_song(tmp_path / "data" / "a", {"b": (tone(3, 55), ["bass"]), "k": (tone(3, 330), ["keys"])})
+    make_song(tmp_path / "data" / "gone", {"x": (tone(3, 110), []), "y": (tone(3, 440), [])})
+    cache_dir = prepare_folder_cache(tmp_path / "data", tmp_path / "cache", 16000, progress=False)
+    assert {s["id"] for s in TrainingCache(cache_dir).songs} == {"a", "gone"}
+    shutil.rmtree(tmp_path / "data" / "gone")
+    sf.write(tmp_path / "data" / "a" / "b.wav", (tone(3, 55) * 0.01).astype(np.float32), 16000)  # a changed stem
+    prepare_folder_cache(tmp_path / "data", cache_dir, 16000, progress=False)
+    cache = TrainingCache(cache_dir)
+    assert [s["id"] for s in cache.songs] == ["a"]
+    assert float(np.abs(cache.audio(0)[0]).max()) < 0.01  # the new file, not the cached copy of the old one

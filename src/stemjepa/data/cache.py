@@ -107,16 +107,20 @@ def fresh_song_ids(cache_dir, songs) -> set[str]:
     return {s.id for s in songs if s.id in by_id and by_id[s.id].get("sources") == source_signature(s)}
 
 
+def remove_song(cache_dir, song_id: str) -> None:
+    """Remove one song from the cache (its record first, so a half-removed song never counts as complete)."""
+    key = song_key(song_id)
+    for suffix in (".json", ".npy", ".rms.npy"):
+        (Path(cache_dir) / "songs" / f"{key}{suffix}").unlink(missing_ok=True)
+
+
 def drop_songs(cache_dir, keep_ids: set[str]) -> int:
-    """Remove cached songs whose id is not in `keep_ids` (songs deleted from the source folder). Returns how many."""
-    cache_dir = Path(cache_dir)
-    dropped = 0
-    for record in _song_records(cache_dir):
-        if record["id"] not in keep_ids:
-            for suffix in (".json", ".npy", ".rms.npy"):
-                (cache_dir / "songs" / f"{record['key']}{suffix}").unlink(missing_ok=True)
-            dropped += 1
-    return dropped
+    """Remove cached songs whose id is not in `keep_ids` (songs deleted from the source). Returns how many."""
+    gone = [r["id"] for r in _song_records(Path(cache_dir))] if (Path(cache_dir) / "songs").is_dir() else []
+    gone = [song_id for song_id in gone if song_id not in keep_ids]
+    for song_id in gone:
+        remove_song(cache_dir, song_id)
+    return len(gone)
 
 
 def _jsonable(obj):
@@ -135,14 +139,6 @@ def _song_records(cache_dir: Path) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             continue  # a record is written atomically; an unreadable one is treated as not cached
     return records
-
-
-def cached_song_ids(cache_dir) -> set[str]:
-    """Ids of the songs completely written in `cache_dir` (resume support)."""
-    cache_dir = Path(cache_dir)
-    if not (cache_dir / "songs").is_dir():
-        return set()
-    return {r["id"] for r in _song_records(cache_dir)}
 
 
 def finalize_cache(cache_dir, dataset: str = "folder", skipped: list[dict] | None = None) -> dict:

@@ -1,7 +1,8 @@
 """`stemjepa prepare`: decode a dataset once into the training cache, so training never decodes compressed audio.
 
-List the songs with the dataset's loader, leave out those already in the cache (a run can be interrupted and started
-again), decode and write the others in parallel worker processes (one song per task, written atomically by
+List the songs with the dataset's loader, leave out those already in the cache and unchanged since (a run can be
+interrupted and started again; a song whose files changed is prepared again, and when the whole dataset is listed, songs
+that left it leave the cache), decode and write the others in parallel worker processes (one song per task, written atomically by
 `stemjepa.data.cache.write_cache_song`), then write the manifest with everything that was skipped and why. Unequal
 stem lengths are zero-padded to the longest stem (`load_song(length="pad")`); the activity index marks the padding silent.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, StemJepaError
-from .cache import MANIFEST, cached_song_ids, finalize_cache, song_key, write_cache_song
+from .cache import MANIFEST, drop_songs, finalize_cache, fresh_song_ids, remove_song, song_key, write_cache_song
 from .datasets import load_dataset
 from .multitrack import Song, load_song
 
@@ -117,7 +118,9 @@ def prepare(
     problems: list[tuple[str, str]] = []
     songs = load_dataset(dataset, root, split=split, problems=problems)
     skipped = [_skip(path=p, reason=r) for p, r in problems]
-    done = cached_song_ids(out)
+    if split in (None, "all"):  # the whole dataset was listed: songs that left it leave the cache
+        drop_songs(out, {s.id for s in songs})
+    done = fresh_song_ids(out, songs)  # a song whose files changed since it was cached is prepared again
     todo = [s for s in songs if s.id not in done]
     already = [s for s in songs if s.id in done]
     for song in already:
@@ -139,6 +142,7 @@ def prepare(
             n_ok += 1
             skipped.extend(_skip(song_id, name, None, reason) for name, reason in stem_skips)
         else:
+            remove_song(out, song_id)  # a stale copy of a song that can no longer be read must go
             skipped.append(_skip(song_id, None, song.root, error))
             log.warning("song %s skipped: %s", song_id, error)
         bar.update(1)

@@ -6,16 +6,16 @@ import logging
 import os
 import shutil
 import time
-from datetime import timedelta
 import warnings
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 
 from ..config import TrainConfig, to_dict
-from ..data.cache import TrainingCache, drop_songs, finalize_cache, fresh_song_ids, is_cache, write_cache_song
-from ..data.multitrack import load_song, read_folder
+from ..data.cache import TrainingCache, is_cache
+from ..data.prepare import format_summary, prepare
 from ..errors import CheckpointError, DataError, StemJepaError
 from ..models.checkpoint import checkpoint_config, model_state, read_checkpoint
 
@@ -40,27 +40,11 @@ class FitOptions:
 
 
 def prepare_folder_cache(folder: Path, cache_dir: Path, sample_rate: int, progress: bool = True) -> Path:
-    """Decode a generic multitrack folder into a training cache once (resumable); bad songs are reported and skipped."""
-    from tqdm import tqdm
-
-    songs, problems = read_folder(folder)
-    drop_songs(cache_dir, {s.id for s in songs})
-    done = fresh_song_ids(cache_dir, songs)  # songs whose files changed since they were cached are prepared again
-    skipped = [{"item": p, "reason": r} for p, r in problems]
-    todo = [s for s in songs if s.id not in done]
-    for song in tqdm(todo, desc=f"preparing {folder.name}", unit="song", disable=not progress or not todo):
-        try:
-            loaded = load_song(song, sample_rate)
-        except StemJepaError as exc:
-            skipped.append({"item": song.id, "reason": str(exc)})
-            drop_songs(cache_dir, {s.id for s in songs} - {song.id})  # a stale copy of a now unreadable song must go
-            continue
-        for name, reason in loaded.skipped:
-            skipped.append({"item": f"{song.id}/{name}", "reason": reason})
-        write_cache_song(cache_dir, loaded, "folder")
-    for item in skipped:
-        print(f"warning: skipped {item['item']}: {item['reason']}")
-    finalize_cache(cache_dir, "folder", skipped)
+    """Decode a generic multitrack folder into a training cache once, as `stemjepa prepare --dataset folder` does
+    (resumable, changed songs prepared again); bad songs and stems are reported and skipped."""
+    result = prepare("folder", folder, cache_dir, sample_rate=sample_rate, progress=progress)
+    if result.skipped:
+        print(format_summary(result))
     return cache_dir
 
 
