@@ -214,7 +214,7 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     if args.quick:
         d, depth, heads, batch, steps, warmup, workers, songs = 64, 2, 4, 4, 3, 1, 1, 4
-        size = [f"model.encoder.size=tiny", f"model.encoder.embed_dim={d}", f"model.encoder.depth={depth}",
+        size = ["model.encoder.size=tiny", f"model.encoder.embed_dim={d}", f"model.encoder.depth={depth}",
                 f"model.encoder.num_heads={heads}", "model.predictor.hidden_dim=256", "model.predictor.num_layers=4"]
     else:
         d, depth, heads, batch, steps, warmup, workers, songs = 768, 12, 12, args.batch_size, args.steps, args.warmup, args.workers, args.songs

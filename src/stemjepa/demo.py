@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import html
 import json
-import logging
 import os
 import shutil
 import time
@@ -20,10 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from .errors import StemJepaError
-
-log = logging.getLogger(__name__)
 
 # instruments that only the held-out songs play: their category is known from training, the instrument itself is not
 HELD_OUT = ("alto saxophone", "violin", "rhodes electric piano")
