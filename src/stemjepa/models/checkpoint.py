@@ -41,6 +41,13 @@ def model_state(ckpt: dict) -> dict:
     return {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
+def training_songs(ckpt: dict) -> dict | None:
+    """The songs a checkpoint was trained on ({family: {"n", "digest", "ids"}}), None for checkpoints written before
+    they were recorded. Written at save time by `stemjepa.training.songs_record`; see `stemjepa.data.provenance`."""
+    record = ckpt.get("training_songs")
+    return record if isinstance(record, dict) else None
+
+
 def load_model(path, device=None, eval_mode: bool = True):
     """Rebuild a StemJEPA from a checkpoint file alone. device=None: CUDA when present, else CPU."""
     from .stemjepa import StemJEPA
@@ -61,5 +68,6 @@ def load_model(path, device=None, eval_mode: bool = True):
     except (RuntimeError, ValueError) as exc:
         raise StemJepaError(f"cannot use device {device!r} ({exc})") from None
     model.checkpoint_path = str(path)
+    model.training_songs = training_songs(ckpt)
     _ = model.model_id  # fixed now, before queries of new labels grow the text table
     return model.eval() if eval_mode else model

@@ -16,8 +16,10 @@ import torch
 from ..config import TrainConfig, to_dict
 from ..data.cache import TrainingCache, is_cache
 from ..data.prepare import format_summary, prepare
+from ..data.provenance import training_songs
 from ..errors import CheckpointError, DataError, StemJepaError
 from ..models.checkpoint import checkpoint_config, model_state, read_checkpoint
+from ..models.checkpoint import training_songs as recorded_songs
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,12 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     ckpt_path = None
+    inherited = None  # songs recorded by the checkpoint this run resumes or starts from (--init): its encoder saw them
     if opts.resume:
         if not last.is_file():
             raise CheckpointError(f"{last}: nothing to resume (no last.ckpt in {run_dir})")
-        saved = checkpoint_config(read_checkpoint(last), last)
+        previous = read_checkpoint(last)
+        saved, inherited = checkpoint_config(previous, last), recorded_songs(previous)
         if opts.max_steps is not None:  # extending a run is allowed (it stretches the cosine and EMA schedules)
             saved.max_steps = opts.max_steps
         # loader settings belong to the machine, not the run; everything else comes from the checkpoint
@@ -131,6 +135,7 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     module = StemJEPAModule(cfg, labels=data_labels(cache, cfg.data.unlabelled))
     if opts.init and not opts.resume:
         init = read_checkpoint(opts.init)
+        inherited = recorded_songs(init)
         try:
             module.model.load_encoder_from(model_state(init))
         except (KeyError, RuntimeError) as exc:
@@ -147,7 +152,9 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
                                     every_n_train_steps=max(1, cfg.checkpoint_every), save_top_k=-1, save_last=True)
-    callbacks = [checkpointing, *opts.callbacks]
+    from .songs_record import TrainingSongsRecord
+
+    callbacks = [checkpointing, TrainingSongsRecord(training_songs(cache.songs, inherited)), *opts.callbacks]
     if os.environ.get("STEMJEPA_RANK_DIGESTS"):  # used by the DDP test: each rank reports the digest of its weights
         from .callbacks import RankDigest
 
