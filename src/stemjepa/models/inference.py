@@ -51,7 +51,7 @@ class InferenceMixin:
             return self.encode(waves, target=target).float()
 
     @torch.no_grad()
-    def _tracks(self, waves: list[np.ndarray], labels: list[str] | None, batch_size: int) -> list[TrackEmbedding]:
+    def _tracks(self, waves: list[np.ndarray], labels: list[str] | None, batch_size: int, target: bool = True) -> list[TrackEmbedding]:
         pieces = [split_chunks(w, self.chunk_samples, self.patch_samples) for w in waves]
         owners = np.concatenate([np.full(len(p[0]), i) for i, p in enumerate(pieces)])
         all_chunks = np.concatenate([p[0] for p in pieces])
@@ -66,7 +66,7 @@ class InferenceMixin:
                 with self._autocast():
                     z = self.predict(z, chunk_labels).float()
             else:
-                z = self.encode_chunks(batch, target=labels is None)  # references: target encoder; mixes: context encoder
+                z = self.encode_chunks(batch, target=target and labels is None)  # references: target encoder; mixes: context encoder
             valid = torch.from_numpy(all_valid[start:start + batch_size]).to(z.device)
             mask = (torch.arange(z.shape[2], device=z.device)[None, :] < valid[:, None]).to(z.dtype)  # (b, T)
             sums.append(torch.einsum("bftd,bt->bd", z, mask).cpu().numpy())
@@ -84,9 +84,9 @@ class InferenceMixin:
             ))
         return out
 
-    def embed_many(self, waves: list[np.ndarray], batch_size: int = 16) -> list[TrackEmbedding]:
-        """Reference embeddings of isolated stems (target encoder when the model has one)."""
-        return self._tracks(list(waves), None, batch_size)
+    def embed_many(self, waves: list[np.ndarray], batch_size: int = 16, target: bool = True) -> list[TrackEmbedding]:
+        """Reference embeddings of isolated stems (target encoder when the model has one; the context encoder if not `target`)."""
+        return self._tracks(list(waves), None, batch_size, target)
 
     def embed(self, wave: np.ndarray, batch_size: int = 16) -> TrackEmbedding:
         return self.embed_many([wave], batch_size)[0]
