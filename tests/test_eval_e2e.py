@@ -31,6 +31,9 @@ def test_eval_retrieval_with_tiny_checkpoint(tiny_checkpoint, toy_corpus, tmp_pa
     _check_metrics(m, n_pool=16)
     assert m["n_silent_excluded"] == 0
     assert m["has_predictor"] is True and m["n_songs_from_cache"] == 0
+    # the checkpoint records its 4 training songs, which are the evaluated ones: reported, and refused with --strict
+    assert m["training_overlap"]["n_songs"] == 4 and m["distance"] == "l2" and m["chance"]["R@1"] == pytest.approx(100 / 16)
+    assert main(argv + ["--strict", "--overwrite"]) == 2
     assert (out / "fig2.png").read_bytes()[:4] == b"\x89PNG"
     assert len((out / "rankings.csv").read_text().splitlines()) == 17
     # a re-run (e.g. after changing the report) reads every embedding from the cache

@@ -226,8 +226,11 @@ def test_compare_table_layout(corpus, tmp_path):
     table = compare_table([tmp_path / "a-fine", tmp_path / "a-coarse", tmp_path / "b-fine"])
     lines = table.strip().splitlines()
     assert lines[0].startswith("| model | folder fine: R@1 |") and "folder coarse: median rank" in lines[0]
-    assert len(lines) == 4 and lines[2].startswith("| contrastive |") and lines[3].startswith("| oracle | 100.0 |")
+    assert lines[2].startswith("| contrastive |") and lines[3].startswith("| oracle | 100.0 |")
     assert lines[3].endswith("| - | - | - | - | - |")  # the oracle was not run with coarse labels
+    # chance beside the table: R@1 = 1 / 12, R@5 = 5 / 12, R@10 = 10 / 12, normalised rank (12 + 1) / 24
+    assert lines[4] == "| chance (pool of 12 / 12) | 8.3 | 41.7 | 83.3 | 54.2 | 54.2 | 8.3 | 41.7 | 83.3 | 54.2 | 54.2 |"
+    assert "- folder fine: pool of 12 stems from 3 songs, distance l2, reference encoder target" in lines
     single = compare_table([tmp_path / "b-fine"], extra=("top1_k64", "seconds"))
     assert "| model | R@1 | R@5 | R@10 | mean rank | median rank | top-1 K=64 | time (s) |" in single
     with pytest.raises(StemJepaError, match="metrics.json"):
@@ -287,10 +290,12 @@ def test_evaluate_checkpoints_gives_the_ablation_table(corpus, tmp_path):
     assert (tmp_path / "ablations" / "oracle" / "fig2.png").is_file()
     lines = table.strip().splitlines()
     assert "top-1 K=64 | time (s) |" in lines[2]
-    assert lines[-2].startswith("| baseline |") and lines[-1].startswith("| oracle | 100.0 | 100.0 | 100.0 |")
+    rows = [l for l in lines if l.startswith("| ")]
+    assert rows[-3].startswith("| baseline |") and rows[-2].startswith("| oracle | 100.0 | 100.0 | 100.0 |")
+    assert rows[-1].startswith("| chance (pool of 12) | 8.3 |")
 
 
-def test_cli_musdb18hq_layout_defaults_to_test_split_and_music_label(tmp_path, monkeypatch):
+def test_cli_musdb18hq_layout_defaults_to_table1_pool_and_music_label(tmp_path, monkeypatch):
     root = tmp_path / "musdb18hq"
     t = np.arange(SR // 2) / SR
     for split, n in (("train", 1), ("test", 2)):
@@ -306,8 +311,15 @@ def test_cli_musdb18hq_layout_defaults_to_test_split_and_music_label(tmp_path, m
     out = tmp_path / "eval"
     assert main(["eval", "retrieval", "--checkpoint", str(ckpt), "--dataset", "musdb18hq", "--root", str(root), "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["split"] == "test" and m["n_songs"] == 2 and m["n_pool"] == 8  # the mixture is not a stem
+    # Table I's pool: every track of train and test (the mixture is not a stem)
+    assert m["split"] == "all" and m["n_songs"] == 3 and m["n_pool"] == 12
+    assert m["chance"]["R@1"] == pytest.approx(100 / 12) and m["distance"] == "l2"
     assert sorted(set(fake.labels_seen)) == ["bass", "drums", "music", "vocals"]
+    out2 = tmp_path / "eval-test"
+    assert main(["eval", "retrieval", "--checkpoint", str(ckpt), "--dataset", "musdb18hq", "--root", str(root), "--out",
+                 str(out2), "--split", "test"]) == 0
+    m = json.loads((out2 / "metrics.json").read_text())
+    assert m["split"] == "test" and m["n_songs"] == 2 and m["n_pool"] == 8
 
 
 def test_single_track_corpus_has_no_k64_and_empty_input_is_refused(tmp_path):

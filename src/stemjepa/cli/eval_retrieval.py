@@ -18,8 +18,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.ckpt) to evaluate")
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout at --root (a synthetic corpus is a 'folder')")
     p.add_argument("--root", required=True, help="dataset root folder")
-    p.add_argument("--split", default=None, help="train, test or all (default: the dataset's test split, or all where it has none)")
+    p.add_argument("--split", default=None, help="train, test or all (default: Table I's pool, every track, for musdb18, "
+                   "musdb18hq and moisesdb; the test split, or all where there is none, for the others)")
     p.add_argument("--conditioning", choices=("fine", "coarse"), default="fine", help="label level the queries are conditioned on")
+    p.add_argument("--distance", choices=("l2", "cosine"), default="l2",
+                   help="ranking: Euclidean distance of the raw vectors (the paper's normalised rank) or cosine similarity")
+    p.add_argument("--reference-encoder", choices=("target", "context"), default="target",
+                   help="encoder of the pool's reference stems: the EMA target encoder (what the predictor predicts) or the context one")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse to evaluate songs the checkpoint was trained on (or a checkpoint that does not record them)")
     p.add_argument("--out", required=True, help="output folder (metrics.json, rankings.csv, analysis.csv, fig2.png, report.md)")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: OUT/cache); shared between runs is fine")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
@@ -48,7 +55,7 @@ def add_parser(subparsers) -> None:
 
 def run_retrieval(args) -> int:
     from ..errors import ConfigError, DataError
-    from ..evaluation.report import table_row
+    from ..evaluation.report import chance_row, protocol_note, table_row
     from ..evaluation.retrieval import evaluate_retrieval, load_songs
 
     label_map = None
@@ -77,6 +84,7 @@ def run_retrieval(args) -> int:
         args.checkpoint, songs, args.conditioning, args.out, label_map,
         dataset=args.dataset, split=split, cache_dir=cache_dir, overwrite=args.overwrite, name=args.name,
         k64_draws=args.k64_draws, seed=args.seed, silence_db=args.silence_db, device=args.device,
+        distance=args.distance, reference_encoder=args.reference_encoder, strict=args.strict,
     )
     for s in m["skipped"]:
         print(f"warning: skipped song {s['song']}: {s['reason']}", file=sys.stderr)
@@ -84,6 +92,8 @@ def run_retrieval(args) -> int:
           f"{m['seconds']:.1f} s")
     print("| model | R@1 | R@5 | R@10 | mean rank | median rank |\n|---|---|---|---|---|---|")
     print(table_row(m))
+    print(chance_row(m))
+    print(protocol_note(m))
     k64 = "n/a (a single track)" if m["top1_k64"] is None else f"{m['top1_k64']:.1f}%"
     print(f"top-1 among {m['k64_candidates']}: {k64}  -> {args.out}")
     return 0

@@ -87,22 +87,31 @@ def _words(label: str) -> str:
     return " ".join(str(label).replace("_", " ").replace("-", " ").lower().split())
 
 
-def label_presence(label: str, seen: set[str]) -> str:
-    """'seen' when the label was a training label; 'reworded' when a training label shares all its words but one, and at least
-    two (a word-overlap heuristic: "lead female singer" / "female lead vocals"); else 'unseen' (the zero-shot case)."""
+def label_presence(label: str, seen: set[str], dataset: str | None = None) -> str:
+    """'seen' when the label was a training label; 'reworded' when the training set had the same instrument under another
+    name; else 'unseen' (the zero-shot case). Other names come from the curated table of `aliases` (per dataset). Only for a
+    label the table lacks, a word-overlap heuristic decides: a training label sharing all its words but one, and at least two
+    ("lead female singer" / "female lead vocals"), and neither name's words containing the other's (a more specific
+    instrument, "rhodes electric piano" vs "electric piano", is not a rewording)."""
+    from .aliases import alias_group
+
     norm = _words(label)
     if norm in seen:
         return "seen"
+    group = alias_group(label, dataset)
+    if group is not None:
+        return "reworded" if group & seen else "unseen"
     words = set(norm.split())
     for other in seen:
         other_words = set(other.split())
         shared = len(words & other_words)
-        if shared >= 2 and shared >= max(len(words), len(other_words)) - 1:
+        nested = words < other_words or other_words < words
+        if shared >= 2 and shared >= max(len(words), len(other_words)) - 1 and not nested:
             return "reworded"
     return "unseen"
 
 
-def plot_fig2(rows: list[dict], path, title: str = "", seen: set[str] | None = None) -> None:
+def plot_fig2(rows: list[dict], path, title: str = "", seen: set[str] | None = None, dataset: str | None = None) -> None:
     """Stacked horizontal bars, one per conditioning label (best at the top), plus the overall bar, like Fig. 2.
 
     With `seen` (the training labels), label names are coloured as in the paper: green when the label was in the training
@@ -129,7 +138,7 @@ def plot_fig2(rows: list[dict], path, title: str = "", seen: set[str] | None = N
     ax.get_yticklabels()[-1].set_fontweight("bold")  # the overall bar (lowest y)
     if seen is not None:
         for tick, row in zip(ax.get_yticklabels(), bars[:-1]):
-            tick.set_color(PRESENCE_COLOURS[label_presence(row["label"], seen)])
+            tick.set_color(PRESENCE_COLOURS[row.get("in_training") or label_presence(row["label"], seen, dataset)])
     ax.axhline(0.5, color="black", linewidth=0.8)  # separates the overall bar from the per-label ones
     ax.set_xlim(0, 100)
     ax.set_ylim(-0.6, len(bars) - 0.4)
@@ -145,11 +154,12 @@ def plot_fig2(rows: list[dict], path, title: str = "", seen: set[str] | None = N
     plt.close(fig)
 
 
-def write_analysis(rows: list[dict], out_dir, title: str = "", seen: set[str] | None = None) -> tuple[Path, Path]:
+def write_analysis(rows: list[dict], out_dir, title: str = "", seen: set[str] | None = None,
+                   dataset: str | None = None) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     csv_path, png_path = out_dir / "analysis.csv", out_dir / "fig2.png"
     if seen is not None:
-        rows = [{**r, "in_training": label_presence(r["label"], seen)} for r in rows]
+        rows = [{**r, "in_training": label_presence(r["label"], seen, dataset)} for r in rows]
     write_analysis_csv(rows, csv_path)
-    plot_fig2(rows, png_path, title, seen)
+    plot_fig2(rows, png_path, title, seen, dataset)
     return csv_path, png_path

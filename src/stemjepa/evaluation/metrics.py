@@ -1,7 +1,8 @@
 """Retrieval metrics of Table I (Recall@k, normalised rank) and the K = 64 top-1 protocol of COCOLA / PHALAR.
 
-Everything works on a query x pool cosine-similarity matrix computed in float64, so that identical vectors give
-bit-identical scores and ties are real ties, not rounding noise.
+Everything works on a query x pool score matrix (higher = closer) computed in float64, so that identical vectors give
+bit-identical scores and ties are real ties, not rounding noise. The score is minus the Euclidean distance of the raw vectors
+(`l2`, the paper's "sorted list of distances ||q - z||", Sec. III-A) or the cosine similarity (`cosine`).
 
 Tie rule (pessimistic): a pool item whose similarity equals the target's counts as ranked *before* the target.
 The rank of the target is therefore 1 + the number of other pool items at least as similar as it, and a query whose
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 RECALL_KS = (1, 5, 10)
+DISTANCES = ("l2", "cosine")
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -25,6 +27,33 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 def cosine_similarities(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
     """(Q, d) x (P, d) -> (Q, P) cosine similarities (float64)."""
     return l2_normalise(queries) @ l2_normalise(pool).T
+
+
+def negative_l2_distances(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """(Q, d) x (P, d) -> (Q, P) minus the Euclidean distance between raw vectors (float64; higher = closer)."""
+    q = np.asarray(queries, dtype=np.float64)
+    p = np.asarray(pool, dtype=np.float64)
+    sq = (q * q).sum(1)[:, None] - 2.0 * (q @ p.T) + (p * p).sum(1)[None, :]
+    return -np.sqrt(np.maximum(sq, 0.0))
+
+
+def similarities(queries: np.ndarray, pool: np.ndarray, distance: str = "l2") -> np.ndarray:
+    """The (Q, P) score matrix of `distance` ("l2": minus the Euclidean distance, "cosine": cosine similarity)."""
+    if distance == "l2":
+        return negative_l2_distances(queries, pool)
+    if distance == "cosine":
+        return cosine_similarities(queries, pool)
+    raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, not {distance!r}")
+
+
+def chance_metrics(pool_size: int, ks=RECALL_KS) -> dict[str, float]:
+    """What a model that ranks the pool at random scores, in percent: R@k = k / |pool|, and an expected normalised rank
+    (mean and median) of (|pool| + 1) / (2 |pool|), i.e. about 50 %."""
+    if pool_size <= 0:
+        raise ValueError("empty pool")
+    out = {f"R@{k}": 100.0 * min(k, pool_size) / pool_size for k in ks}
+    out["norm_rank_mean"] = out["norm_rank_median"] = 100.0 * (pool_size + 1) / (2 * pool_size)
+    return out
 
 
 def target_ranks(sim: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Table I has one row per model and one column group (R@1, R@5, R@10, mean and median normalised rank, in percent) per
 benchmark (MUSDB18; MoisesDB fine; MoisesDB coarse). `compare_table` rebuilds that layout from run folders: rows are the
-runs' names, column groups their (dataset, split, conditioning).
+runs' names, column groups their (dataset, split, conditioning). Every table carries a chance row (a random ranking of the
+same pool) and, under it, the protocol (|pool|, distance, reference encoder) and the pool's collapse diagnostics.
 """
 from __future__ import annotations
 
@@ -28,12 +29,53 @@ def fmt(value) -> str:
 
 def benchmark_name(m: dict) -> str:
     split = m.get("split")
-    return f"{m.get('dataset')}{'' if split in (None, 'all') else f' {split}'} {m.get('conditioning')}"
+    variant = "".join(f" [{v}]" for v in (m.get("distance") == "cosine" and "cosine",
+                                          m.get("reference_encoder") == "context" and "context refs") if v)
+    return f"{m.get('dataset')}{'' if split in (None, 'all') else f' {split}'} {m.get('conditioning')}{variant}"
 
 
 def table_row(m: dict, extra=()) -> str:
     cells = [m.get("name") or m.get("model_id", "?")] + [fmt(m.get(k)) for k, _ in METRIC_COLUMNS] + [fmt(m.get(k)) for k in extra]
     return "| " + " | ".join(cells) + " |"
+
+
+def chance_row(m: dict, extra=()) -> str:
+    """The Table-I row of a random ranking of m's pool (R@k = k / |pool|, normalised ranks about 50 %)."""
+    chance = m.get("chance") or {}
+    cells = [f"chance (pool of {m.get('n_pool')})"] + [fmt(chance.get(k)) for k, _ in METRIC_COLUMNS] + ["" for _ in extra]
+    return "| " + " | ".join(cells) + " |"
+
+
+def collapse_note(m: dict) -> str:
+    """The pool's diagnostics in words, with a loud flag for a collapsed model; '' when metrics.json predates them."""
+    d = m.get("pool_diagnostics") or {}
+    if d.get("median_cosine") is None:
+        return ""
+    flag = ("COLLAPSED: the embeddings barely differ, so these scores say nothing about the stems"
+            if d.get("collapsed") else "not collapsed")
+    return (f"pool median pairwise cosine {d['median_cosine']:.3f}, spread {d['spread']:.3f}, RankMe {d['rankme']:.1f} "
+            f"of {d['n']}: {flag}")
+
+
+def protocol_note(m: dict) -> str:
+    """One paragraph stating what a metrics.json's R@k must be read against: |pool|, chance level, distance, reference
+    encoder, overlap with training songs and the collapse verdict. Used beside every table (report.md, compare, demo)."""
+    chance = m.get("chance") or {}
+    parts = [f"pool of {m.get('n_pool')} stems from {m.get('n_songs')} songs"]
+    if chance:
+        parts.append("chance R@1 / R@5 / R@10 = " + " / ".join(fmt(chance.get(f"R@{k}")) for k in (1, 5, 10))
+                     + f" %, median rank {fmt(chance.get('norm_rank_median'))} %")
+    if m.get("distance"):
+        parts.append(f"ranked by {'Euclidean (L2) distance' if m['distance'] == 'l2' else 'cosine similarity'}"
+                     f"{' (the paper)' if m['distance'] == 'l2' else ' (not the paper)'}, references from the "
+                     f"{m.get('reference_encoder')} encoder")
+    overlap = m.get("training_overlap") or {}
+    if overlap.get("n_songs"):
+        parts.append(f"WARNING: {overlap['n_songs']} evaluated songs were training songs")
+    note = collapse_note(m)
+    if note:
+        parts.append(note)
+    return "; ".join(parts)
 
 
 def write_report(m: dict, path) -> None:
@@ -51,7 +93,10 @@ def write_report(m: dict, path) -> None:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         table_row(m, extra),
+        chance_row(m, extra),
         "",
+        f"- protocol: {protocol_note(m)}",
+        f"- distance: {m.get('distance')} ({m.get('distance_reason')})",
         f"- checkpoint: {ckpt} (model id `{m.get('model_id')}`, {predictor})",
         f"- {m.get('n_queries')} queries against a pool of {m.get('n_pool')} stems from {m.get('n_songs')} songs",
         f"- excluded: {m.get('n_silent_excluded')} silent stems, {m.get('n_silent_mix_excluded')} queries with a silent mix, "
@@ -112,4 +157,20 @@ def compare_table(run_dirs, extra=()) -> str:
             m = cells.get((n, b), {})
             row += [fmt(m.get(k)) for k in keys]
         lines.append("| " + " | ".join(row) + " |")
-    return title + "\n".join(lines) + "\n"
+    first = {b: next(cells[(n, b)] for n in names if (n, b) in cells) for b in benches}
+    row = [f"chance (pool of {' / '.join(str(first[b].get('n_pool')) for b in benches)})"]
+    for b in benches:
+        chance = first[b].get("chance") or {}
+        row += [fmt(chance.get(k)) for k, _ in METRIC_COLUMNS] + ["" for _ in extra]
+    lines.append("| " + " | ".join(row) + " |")
+    notes = [""]
+    for b in benches:
+        m = first[b]
+        notes.append(f"- {b}: pool of {m.get('n_pool')} stems from {m.get('n_songs')} songs, "
+                     f"distance {m.get('distance', 'cosine (not recorded)')}, reference encoder {m.get('reference_encoder', '-')}")
+    for (n, b), m in cells.items():
+        note = collapse_note(m)
+        overlap = (m.get("training_overlap") or {}).get("n_songs")
+        if note or overlap:
+            notes.append(f"- {n} on {b}: {note}" + (f"; WARNING: {overlap} evaluated songs were training songs" if overlap else ""))
+    return title + "\n".join(lines + notes) + "\n"

@@ -3,7 +3,13 @@
 Every non-silent stem of every track is embedded over the whole track (the model chunks it in 8 s pieces and averages
 the patch embeddings) into the reference pool. Every such stem is also a query: the mix of the other stems of its
 track goes through encoder and predictor conditioned on the stem's label (a contrastive-only checkpoint returns the
-mix embedding). Queries are scored against the whole pool by cosine similarity; see `metrics` for the tie rule.
+mix embedding). Queries are ranked against the whole pool by Euclidean distance between the raw mean-pooled vectors, as the
+paper defines the normalised rank ("the sorted list of distances ||q - z||", Sec. III-A); `distance="cosine"` ranks by
+cosine similarity instead. References come from the target encoder (what the predictor is trained to predict, Eq. 3) unless
+`reference_encoder="context"`. See `metrics` for the tie rule.
+
+The default pool is Table I's: every track of MUSDB18 / MUSDB18-HQ (150) and of MoisesDB (240), since the paper's model is
+trained on other data; a checkpoint that was trained on some of the evaluated songs is reported (and refused with `strict`).
 
 Exclusions, counted in metrics.json: stems silent over the whole track (neither in the pool nor queried), and
 queries whose mix of other stems is silent (the stem stays in the pool). Songs or stems that cannot be decoded are
@@ -34,6 +40,26 @@ SILENCE_DB = -60.0
 QUERY_GROUP = 8  # query mixes passed to the model at once
 OUTPUT_FILES = ("metrics.json", "rankings.csv", "analysis.csv", "fig2.png", "report.md")
 MUSDB_LABEL_MAP = {"other": UNLABELLED}  # the paper conditions MUSDB's "other" stem on "music"
+# Table I evaluates zero-shot on whole datasets: all 150 MUSDB18 tracks (train + test) and all 240 MoisesDB tracks
+TABLE1_POOL = {"musdb18": "all", "musdb18hq": "all", "moisesdb": "all"}
+DISTANCE_REASON = {
+    "l2": "the paper's: normalised rank = position of the true stem in the sorted list of Euclidean distances ||q - z|| "
+          "between raw mean-pooled vectors (Sec. III-A)",
+    "cosine": "not the paper's: cosine similarity of L2-normalised vectors (what the search index uses)",
+}
+REFERENCE_ENCODERS = ("target", "context")
+
+
+def default_split(dataset: str) -> str:
+    """The evaluation pool of `dataset` when no split is asked for: Table I's (all tracks) for MUSDB18 and MoisesDB, else
+    the dataset's test split, or all songs where it has none."""
+    if dataset in TABLE1_POOL:
+        return TABLE1_POOL[dataset]
+    try:
+        from ..data.datasets import default_eval_split
+    except ImportError:
+        return "all"
+    return default_eval_split(dataset)
 
 
 def default_label_map(dataset: str) -> dict[str, str]:
@@ -47,6 +73,15 @@ def conditioning_label(stem: Stem, conditioning: str, label_map: dict[str, str] 
         raise StemJepaError(f"conditioning must be 'fine' or 'coarse', not {conditioning!r}")
     label = stem.fine if conditioning == "fine" else stem.coarse
     return (label_map or {}).get(label, label)
+
+
+def class_conditioning_text(stem: Stem, conditioning: str, label_map: dict[str, str] | None = None) -> str:
+    """For a class-conditioned model (Stem-JEPA): the label path "coarse > ... > level", which the model maps to the first
+    class it names, finest level first (so MoisesDB's instruments fall into the four sources through their category)."""
+    labels = list(stem.labels) if conditioning == "fine" else list(stem.labels[:1])
+    if not labels:
+        return conditioning_label(stem, conditioning, label_map)
+    return " > ".join((label_map or {}).get(l, l) for l in labels)
 
 
 def is_silent(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: float = SILENCE_DB, frame_seconds: float = 0.1) -> bool:
@@ -107,25 +142,31 @@ def encode_corpus(
     cache: EmbeddingCache | None = None,
     silence_db: float = SILENCE_DB,
     progress: bool = True,
+    reference_encoder: str = "target",
 ) -> Corpus:
-    """Embed the pool and the queries of `songs`, song by song (one song's audio in memory at a time), using the cache."""
+    """Embed the pool and the queries of `songs`, song by song (one song's audio in memory at a time), using the cache.
+    Queries of a class-conditioned model are conditioned on the label path (`class_conditioning_text`)."""
     from tqdm.auto import tqdm
 
     cache = cache or EmbeddingCache(None, "", "", "")
     sr = int(getattr(model, "sample_rate", SAMPLE_RATE))
     corpus = Corpus()
+    cond = getattr(model, "conditioner", None) if getattr(model, "has_predictor", False) else None
+    class_model = hasattr(cond, "class_index")
     for song in tqdm(songs, desc="retrieval: encoding songs", unit="song", disable=not progress):
         fingerprint = song_fingerprint(song, extra=f"sr={sr}|silence_db={silence_db}")
         entry = cache.load(song.id, fingerprint)
         keys = [stem_key(i, s) for i, s in enumerate(song.stems)]
         labels = [conditioning_label(s, conditioning, label_map) for s in song.stems]
+        texts = [class_conditioning_text(s, conditioning, label_map) for s in song.stems] if class_model else labels
         needs_audio = entry is None or any(
             k not in entry.status or (entry.status[k] == "ok" and (k not in entry.pool or (k, lab) not in entry.queries))
-            for k, lab in zip(keys, labels)
+            for k, lab in zip(keys, texts)
         )
         if needs_audio:
             try:
-                entry = _encode_song(model, song, keys, labels, entry or SongEntry(fingerprint), sr, silence_db)
+                entry = _encode_song(model, song, keys, texts, entry or SongEntry(fingerprint), sr, silence_db,
+                                     reference_encoder)
             except StemJepaError as exc:
                 log.warning("skipping song %s: %s", song.id, exc)
                 corpus.skipped.append((song.id, str(exc)))
@@ -133,11 +174,12 @@ def encode_corpus(
             cache.save(song.id, entry)
         else:
             corpus.n_cached_songs += 1
-        _add_song(corpus, song, keys, labels, entry)
+        _add_song(corpus, song, keys, labels, entry, texts)
     return corpus
 
 
-def _encode_song(model, song: Song, keys, labels, entry: SongEntry, sr: int, silence_db: float) -> SongEntry:
+def _encode_song(model, song: Song, keys, labels, entry: SongEntry, sr: int, silence_db: float,
+                 reference_encoder: str = "target") -> SongEntry:
     loaded = load_song(song, sr)
     # load_song drops unreadable stems; map the kept ones back to their position in song.stems
     kept_ids = {id(s) for s in loaded.stems}
@@ -151,7 +193,9 @@ def _encode_song(model, song: Song, keys, labels, entry: SongEntry, sr: int, sil
     entry.status = status
     todo_pool = [(row, i) for row, i in enumerate(positions) if status[keys[i]] == "ok" and keys[i] not in entry.pool]
     if todo_pool:
-        vecs = _vectors(model.embed_many([audio[row] for row, _ in todo_pool]))
+        waves = [audio[row] for row, _ in todo_pool]
+        # fakes and older models take no `target` argument: pass it only when it differs from the default
+        vecs = _vectors(model.embed_many(waves, target=False) if reference_encoder == "context" else model.embed_many(waves))
         for (_, i), v in zip(todo_pool, vecs):
             entry.pool[keys[i]] = v
     todo_query = []
@@ -176,7 +220,7 @@ def _encode_song(model, song: Song, keys, labels, entry: SongEntry, sr: int, sil
     return entry
 
 
-def _add_song(corpus: Corpus, song: Song, keys, labels, entry: SongEntry) -> None:
+def _add_song(corpus: Corpus, song: Song, keys, labels, entry: SongEntry, texts=None) -> None:
     track = corpus.n_songs
     corpus.n_songs += 1
     for i, stem in enumerate(song.stems):
@@ -190,7 +234,7 @@ def _add_song(corpus: Corpus, song: Song, keys, labels, entry: SongEntry) -> Non
         target = len(corpus.items)
         corpus.items.append(PoolItem(song.id, stem.name, stem.fine, stem.coarse, track))
         corpus.pool.append(entry.pool[keys[i]])
-        q = entry.queries[(keys[i], labels[i])]
+        q = entry.queries[(keys[i], (texts or labels)[i])]
         if q.size == 0:
             corpus.n_silent_mix_excluded += 1
             continue
@@ -199,8 +243,11 @@ def _add_song(corpus: Corpus, song: Song, keys, labels, entry: SongEntry) -> Non
         corpus.query_labels.append(labels[i])
 
 
-def score_corpus(corpus: Corpus, k64_draws: int = 10, seed: int = 0, block: int = 1024) -> tuple[dict, list[dict], list[dict]]:
-    """Metrics, per-query ranking rows and the Fig. 2 tally of an encoded corpus."""
+def score_corpus(corpus: Corpus, k64_draws: int = 10, seed: int = 0, block: int = 1024,
+                 distance: str = "l2") -> tuple[dict, list[dict], list[dict]]:
+    """Metrics, per-query ranking rows and the Fig. 2 tally of an encoded corpus, ranked by `distance` ("l2" or "cosine")."""
+    if distance not in metrics.DISTANCES:
+        raise StemJepaError(f"distance must be one of {', '.join(metrics.DISTANCES)}, not {distance!r}")
     if not corpus.queries:
         raise DataError("no query could be built (every stem silent, or every track has a single non-silent stem)")
     pool = np.stack(corpus.pool)
@@ -216,7 +263,7 @@ def score_corpus(corpus: Corpus, k64_draws: int = 10, seed: int = 0, block: int 
     ranks, nn, hits, target_sims, nn_sims = [], [], [], [], []
     for lo in range(0, len(queries), block):  # blocks of queries keep the (Q, |pool|) matrices small on large corpora
         t = targets[lo: lo + block]
-        sim = metrics.cosine_similarities(queries[lo: lo + block], pool)
+        sim = metrics.similarities(queries[lo: lo + block], pool, distance)
         ranks.append(metrics.target_ranks(sim, t))
         nn.append(metrics.nearest_neighbours(sim, t))
         rows_idx = np.arange(len(t))
@@ -239,8 +286,8 @@ def score_corpus(corpus: Corpus, k64_draws: int = 10, seed: int = 0, block: int 
         rows.append({
             "query": qi, "song": item.song, "stem": item.stem, "label": corpus.query_labels[qi],
             "instrument": item.instrument, "category": item.category, "rank": int(r),
-            "norm_rank": round(100.0 * r / len(pool), 4), "target_similarity": round(float(target_sims[qi]), 6),
-            "nn_song": near.song, "nn_stem": near.stem, "nn_similarity": round(float(nn_sims[qi]), 6), "nn_class": cls,
+            "norm_rank": round(100.0 * r / len(pool), 4), "target_score": round(float(target_sims[qi]), 6),
+            "nn_song": near.song, "nn_stem": near.stem, "nn_score": round(float(nn_sims[qi]), 6), "nn_class": cls,
         })
     return result, rows, analysis.tally(corpus.query_labels, classes)
 
@@ -253,7 +300,7 @@ def load_songs(dataset: str, root, split: str | None = None) -> tuple[list[Song]
     except ImportError:  # loaders not available in this build: the generic folder format only
         load_dataset = default_eval_split = None
     if load_dataset is not None:
-        split = split or default_eval_split(dataset)
+        split = split or default_split(dataset)
         songs = load_dataset(dataset, root, None if split == "all" else split, problems)
     else:
         if dataset != "folder":
@@ -328,16 +375,24 @@ def evaluate_retrieval(
     silence_db: float = SILENCE_DB,
     device=None,
     progress: bool = True,
+    distance: str = "l2",
+    reference_encoder: str = "target",
+    strict: bool = False,
 ) -> dict:
     """Run the Table I benchmark of a model (or checkpoint path) on `songs` and return metrics.json's content.
 
     With `out_dir`, writes metrics.json, rankings.csv, analysis.csv, fig2.png and report.md there, and caches the
     embeddings in `cache_dir` (default OUT_DIR/cache; False: no cache). `label_map` renames labels into conditioning text
-    (default: MUSDB's "other" -> "music").
+    (default: MUSDB's "other" -> "music"). `distance`: "l2" (the paper's) or "cosine"; `reference_encoder`: "target" (EMA
+    target encoder, default) or "context". Songs the checkpoint was trained on are reported with a warning; `strict` refuses.
     """
     start = time.perf_counter()
     if not songs:
         raise DataError("no songs to evaluate")
+    if distance not in metrics.DISTANCES:
+        raise StemJepaError(f"distance must be one of {', '.join(metrics.DISTANCES)}, not {distance!r}")
+    if reference_encoder not in REFERENCE_ENCODERS:
+        raise StemJepaError(f"reference encoder must be one of {', '.join(REFERENCE_ENCODERS)}, not {reference_encoder!r}")
     if isinstance(model_or_ckpt, (str, os.PathLike)):
         from ..models import load_model
 
@@ -351,19 +406,29 @@ def evaluate_retrieval(
     seen = analysis.training_labels(model)  # before queries add new labels to the model's text table
     if label_map is None:
         label_map = default_label_map(dataset)
-    identity = {"model_id": model_id, "dataset": dataset, "split": split, "conditioning": conditioning}
+    overlap = training_overlap(model, songs, dataset, strict)
+    identity = {"model_id": model_id, "dataset": dataset, "split": split, "conditioning": conditioning, "distance": distance,
+                "reference_encoder": reference_encoder}
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         check_out_dir(out, identity, overwrite)
         if cache_dir is None:
             cache_dir = out / "cache"
-    cache = EmbeddingCache(cache_dir or None, model_id, dataset, split)
-    corpus = encode_corpus(model, songs, conditioning, label_map, cache, silence_db, progress)
-    result, rows, tally = score_corpus(corpus, k64_draws, seed)
+    # the references depend on the encoder that made them (the queries do not, but are cheap next to them)
+    cache = EmbeddingCache(cache_dir or None, model_id, dataset, split if reference_encoder == "target" else f"{split}-context-ref")
+    corpus = encode_corpus(model, songs, conditioning, label_map, cache, silence_db, progress, reference_encoder)
+    result, rows, tally = score_corpus(corpus, k64_draws, seed, distance=distance)
+    pool_stats = pool_diagnostics(corpus.pool)
     seconds = time.perf_counter() - start
     record = {
         **{k: result[k] for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median", "top1_k64", "n_queries", "n_pool")},
+        "chance": metrics.chance_metrics(result["n_pool"]),
+        "distance": distance,
+        "distance_reason": DISTANCE_REASON[distance],
+        "reference_encoder": reference_encoder if getattr(model, "has_predictor", True) else "encoder (phase 1 has one)",
+        "pool_diagnostics": pool_stats,
+        "training_overlap": overlap,
         "k64_candidates": result["k64_candidates"],
         "k64_draws": k64_draws,
         "seed": seed,
@@ -384,6 +449,10 @@ def evaluate_retrieval(
         "tie_rule": "pessimistic: pool items as similar as the target rank before it",
         "seconds": round(seconds, 3),
     }
+    if pool_stats["collapsed"]:
+        log.warning("COLLAPSED MODEL: the %d pool embeddings barely differ (median pairwise cosine %.3f, spread %.3f, RankMe "
+                    "%.1f); retrieval scores of this checkpoint are at chance level whatever the training loss says",
+                    pool_stats["n"], pool_stats["median_cosine"], pool_stats["spread"], pool_stats["rankme"])
     if out is not None:
         from .report import write_report
 
@@ -392,11 +461,44 @@ def evaluate_retrieval(
                 (out / f).unlink(missing_ok=True)
         _write_rankings(out / "rankings.csv", rows)
         title = f"{record['name']} on {dataset} ({split}), {conditioning} conditioning: nearest neighbour per label"
-        analysis.write_analysis(tally, out, title, seen)
+        analysis.write_analysis(tally, out, title, seen, dataset)
         record["seconds"] = round(time.perf_counter() - start, 3)
         write_report(record, out / "report.md")
         _write_json(out / "metrics.json", record)
     return record
+
+
+def pool_diagnostics(pool: list[np.ndarray]) -> dict:
+    """Collapse diagnostics of the reference pool (`stemjepa.models.diagnostics`) and the verdict, as JSON-able values."""
+    from ..models.diagnostics import embedding_stats, is_collapsed
+
+    if len(pool) < 2:
+        return {"n": len(pool), "collapsed": None}
+    stats = embedding_stats(np.stack(pool))
+    return {**{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.as_dict().items()},
+            "collapsed": bool(is_collapsed(stats))}
+
+
+def training_overlap(model, songs: list[Song], dataset: str, strict: bool = False) -> dict:
+    """Compare the evaluated songs with the songs the checkpoint records as training songs; warn loudly, or refuse if
+    `strict`. Returns metrics.json's "training_overlap" entry."""
+    from ..data.provenance import overlap
+
+    record = getattr(model, "training_songs", None)
+    shared = overlap(songs, dataset, record)
+    if shared is None:
+        if strict:
+            raise StemJepaError("--strict: the checkpoint does not record its training songs, so an overlap with the "
+                                "evaluated songs cannot be ruled out")
+        return {"checked": False, "n_songs": None, "note": "the checkpoint records no training songs"}
+    out = {"checked": True, "n_songs": len(shared), "of": len(songs), "examples": shared[:10]}
+    if shared:
+        msg = (f"{len(shared)} of the {len(songs)} evaluated songs were TRAINING songs of this checkpoint "
+               f"(e.g. {', '.join(shared[:3])}): the scores are not zero-shot and not comparable with Table I")
+        if strict:
+            raise StemJepaError(f"--strict: {msg}")
+        log.warning("WARNING: %s", msg)
+    return out
 
 
 def evaluate_checkpoints(
