@@ -205,3 +205,17 @@ def test_fig2_colours_reach_the_csv(tmp_path):
     write_analysis(rows, tmp_path, "t", {"electric piano", "lead female singer"}, "folder")
     text = (tmp_path / "analysis.csv").read_text()
     assert "rhodes electric piano,1,unseen" in text and "electric piano,1,seen" in text and "female lead vocals,1,reworded" in text
+
+
+def test_prepare_defaults_to_the_training_split(tmp_path):
+    from test_datasets import make_musdb18hq
+
+    from stemjepa.data.cache import TrainingCache
+
+    root = make_musdb18hq(tmp_path / "musdb18hq")
+    assert main(["prepare", "--dataset", "musdb18hq", "--root", str(root), "--out", str(tmp_path / "c"), "--jobs", "1",
+                 "--no-progress"]) == 0
+    assert [s["id"] for s in TrainingCache(tmp_path / "c").songs] == ["A - One"]  # the test track stays out
+    assert main(["prepare", "--dataset", "musdb18hq", "--root", str(root), "--out", str(tmp_path / "all"), "--split", "all",
+                 "--jobs", "1", "--no-progress"]) == 0
+    assert len(TrainingCache(tmp_path / "all").songs) == 2

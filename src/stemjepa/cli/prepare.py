@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 
 DATASET_NAMES = ("musdb18", "musdb18hq", "moisesdb", "slakh2100", "folder")  # = stemjepa.data.datasets.DATASETS
+# A cache is for training: by default only a dataset's training songs go in, so that evaluating on its test songs (or on all
+# of MUSDB18 / MoisesDB, as Table I does) never meets a training song unawares. MoisesDB: the repository's split.
+TRAIN_SPLIT = {"musdb18": "train", "musdb18hq": "train", "moisesdb": "train", "slakh2100": "train", "folder": "all"}
 
 
 def add_parser(subparsers) -> None:
@@ -18,7 +21,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout of ROOT ('folder': generic multitrack folder or synthetic corpus)")
     p.add_argument("--root", required=True, help="dataset folder, as distributed")
     p.add_argument("--out", required=True, help="cache folder to create or complete")
-    p.add_argument("--split", default="all", choices=("train", "validation", "test", "all"), help="which songs to prepare")
+    p.add_argument("--split", default=None, choices=("train", "validation", "test", "all"),
+                   help="which songs to prepare (default: the training split where the dataset has one, i.e. train for "
+                   "musdb18, musdb18hq, slakh2100 and moisesdb (the repository's split), all for a folder)")
     p.add_argument("--jobs", type=int, default=None, help="decoding worker processes (default: one per core, at most 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -28,6 +33,7 @@ def run(args) -> int:
     from ..data.prepare import default_jobs, format_summary, prepare
 
     jobs = args.jobs if args.jobs is not None else default_jobs()
-    result = prepare(args.dataset, args.root, args.out, split=args.split, jobs=max(1, jobs), progress=not args.no_progress)
+    split = args.split or TRAIN_SPLIT[args.dataset]
+    result = prepare(args.dataset, args.root, args.out, split=split, jobs=max(1, jobs), progress=not args.no_progress)
     print(format_summary(result))
     return 0
