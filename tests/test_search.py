@@ -39,7 +39,7 @@ def test_held_out_bass_is_found_from_the_mix_without_it(library, tmp_path):
                 results = index.query(query, "bass", k=3)
                 assert [r.rank for r in results] == [1, 2, 3]
                 assert results[0].path == str(root / f"song{i}" / "bass.wav")
-                assert results[0].score > 0.99 and results[1].score < 0.5
+                assert results[0].cosine > 0.99 and results[1].cosine < 0.5
                 assert results[0].offset in (0.0, 2.0) and results[0].duration == pytest.approx(3.0)
         batch = index.query_many([songs[0]["keys"], songs[3]["keys"]], "bass", k=1)
         assert [b[0].path for b in batch] == [str(root / "song0/bass.wav"), str(root / "song3/bass.wav")]
@@ -55,7 +55,7 @@ def test_best_offset_points_at_the_matching_chunk(tmp_path):
     with StemIndex.open(tmp_path / "idx", model=FakeModel()) as index:
         best = index.query(tone(4 * 98.0, 2.0), "bass", k=2)[0]
     assert best.path.endswith("long.wav") and best.offset == 4.0
-    assert best.chunk_score > 0.99 and best.chunk_score > best.score
+    assert best.chunk_cosine > 0.99 and best.chunk_cosine > best.cosine
 
 
 def test_incremental_update_adds_skips_updates_and_drops(library, tmp_path):

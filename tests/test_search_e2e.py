@@ -35,11 +35,13 @@ def test_index_and_query_with_a_real_checkpoint(tiny_checkpoint, toy_corpus, tmp
     data = json.loads(capsys.readouterr().out)
     assert len(data) == 2  # a batch of two identical mixes: same answers (up to float rounding in the batch)
     results = data[0]["results"]
-    assert [r["score"] for r in data[1]["results"]] == pytest.approx([r["score"] for r in results], abs=1e-4)
+    assert [r["cosine"] for r in data[1]["results"]] == pytest.approx([r["cosine"] for r in results], abs=1e-4)
     assert [r["rank"] for r in results] == list(range(1, 17))
     assert {r["path"] for r in results} == {str(p.resolve()) for p in toy_corpus.glob("*/*.wav")}
-    scores = [r["score"] for r in results]
+    scores = [r["cosine"] for r in results]
     assert scores == sorted(scores, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in scores)
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    assert results[0]["percentile"] == 100.0 and results[-1]["percentile"] == 0.0  # all 16 files were asked for
     from stemjepa.models import load_model
 
     model = load_model(tiny_checkpoint, device="cpu")
@@ -51,7 +53,7 @@ def test_index_and_query_with_a_real_checkpoint(tiny_checkpoint, toy_corpus, tmp
     with StemIndex.open(idx, device="cpu") as index:  # checkpoint recorded in the index
         top = index.query(mix, "bass", k=3)
     assert [r.path for r in top] == [r["path"] for r in results[:3]]
-    assert [r.score for r in top] == pytest.approx(scores[:3], abs=1e-4)
+    assert [r.cosine for r in top] == pytest.approx(scores[:3], abs=1e-4)
 
 
 def test_another_checkpoint_is_refused(tiny_checkpoint, toy_corpus, tmp_path):

@@ -6,7 +6,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "query", help="find the stems of an index that fit a mix (e.g. which bass fits this song without bass)",
         description="Embed each MIX, predict the embedding of the missing INSTRUMENT, and list the k closest stems of "
-                    "the index, with the offset (seconds) of the best-matching 8 s chunk in each.")
+                    "the index, with the offset (seconds) of the best-matching 8 s chunk in each. score: standard "
+                    "deviations above the library's average stem for this query; pct: share of the library ranked "
+                    "below; cosine: the raw cosine (also in --json).")
     p.add_argument("mixes", nargs="+", metavar="MIX", help="audio file(s) of the mix lacking the stem you look for")
     p.add_argument("--instrument", required=True, help='what to look for, free text (e.g. "bass", "acoustic guitar")')
     p.add_argument("--index", required=True, help="index folder made by `stemjepa index`")
@@ -14,6 +16,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("-k", type=int, default=10, help="results per mix (default 10)")
     p.add_argument("--device", default=None, help="cpu, cuda... (default: cuda when present)")
     p.add_argument("--json", action="store_true", help="print JSON (one object per mix) instead of a table")
+    p.add_argument("--export", metavar="DIR", default=None,
+                   help="also write each candidate as a WAV aligned to the mix (the mix's length and sample rate, "
+                        "from the matched offset, looped or trimmed) plus results.json into DIR (one sub-folder per "
+                        "mix when there are several)")
+    p.add_argument("--overwrite", action="store_true", help="with --export: replace files of the same names")
     p.set_defaults(func=run)
 
 
@@ -42,6 +49,15 @@ def run(args) -> int:
             raise StemJepaError("no mix could be used" if len(args.mixes) > 1 else "the mix could not be used")
         results = index.query_many(waves, instrument, k=args.k)
         total = len(index)
+    if args.export:
+        from pathlib import Path
+
+        from ..search.export import export_candidates, safe_name
+
+        for i, (name, res) in enumerate(zip(names, results)):
+            folder = Path(args.export) if len(args.mixes) == 1 else Path(args.export) / f"{i + 1:02d}_{safe_name(Path(name).stem)}"
+            export_candidates(name, instrument, res, folder, overwrite=args.overwrite)
+            print(f"exported {len(res)} aligned candidates and results.json to {folder}", file=sys.stderr)
     if args.json:
         out = [{"mix": name, "instrument": instrument, "results": [r.to_dict() for r in res]}
                for name, res in zip(names, results)]
@@ -49,7 +65,7 @@ def run(args) -> int:
     else:
         for name, res in zip(names, results):
             print(f"{name}: {instrument!r}, top {len(res)} of {total} stems")
-            print(f"{'rank':>4}  {'score':>6}  {'offset':>8}  path")
+            print(f"{'rank':>4}  {'score':>6}  {'pct':>5}  {'cosine':>6}  {'offset':>8}  path")
             for r in res:
-                print(f"{r.rank:>4}  {r.score:>6.3f}  {r.offset:>7.1f}s  {r.path}")
+                print(f"{r.rank:>4}  {r.score:>+6.2f}  {r.percentile:>5.1f}  {r.cosine:>6.3f}  {r.offset:>7.1f}s  {r.path}")
     return 2 if failed else 0

@@ -32,6 +32,7 @@ from .. import __version__
 from ..audio.io import load_audio
 from ..errors import AudioError, CheckpointError, DataError, StemJepaError
 from .inputs import MIN_STEM_PEAK, check_instrument, load_query
+from .scores import PoolStats, percentile, standardised
 from .store import DB_NAME, FORMAT_VERSION, LOCK_NAME, MetaStore, StemIndexError, check_index_folder
 from .vectors import (INDEX_POLICIES, VectorSearcher, bf16_bits, build_ann, default_params, normalize, read_ann,
                       resolve_index_type, save_vectors, write_ann)
@@ -46,13 +47,17 @@ DEFAULT_CHUNK_SAMPLES = 128000
 # ------------------------------------------------------------------------------------------------------------------
 @dataclass
 class SearchResult:
-    """One retrieved stem: cosine `score` of its file vector, and the chunk that matches best (`offset`, seconds)."""
+    """One retrieved stem and the chunk that matches best (`offset`, seconds). `score` is the readable score (standard
+    deviations above the library's average for this query), `percentile` its place in the index, `cosine` the raw
+    cosine of the file vector, `chunk_cosine` that of the best chunk: see search/scores.py."""
 
     rank: int
     score: float
+    percentile: float
+    cosine: float
     path: str
     offset: float
-    chunk_score: float
+    chunk_cosine: float
     duration: float
 
     def to_dict(self) -> dict:
@@ -577,6 +582,7 @@ class StemIndex:
         screen = np.load(paths["bf16"], mmap_mode="r") if kind == "exact" and paths["bf16"].exists() else None
         self.searcher = VectorSearcher(kind, info.get("index_params") or {}, vectors, ann, screen=screen)
         self.ids, self.dim, self.generation = ids, int(vectors.shape[1]), gen
+        self.pool = PoolStats(vectors)  # places each query's cosines within the library (readable scores)
 
     # --- model -----------------------------------------------------------------------------------------------------
     @property
@@ -648,14 +654,17 @@ class StemIndex:
         out = []
         for qi in range(len(q)):
             results = []
+            mean, std = self.pool.moments(q[qi])
             for s, p in zip(scores[qi], pos[qi]):
                 row = rows.get(int(self.ids[p])) if p >= 0 else None
                 if row is None:
                     continue
                 chunk_scores = row.chunks.astype(np.float32) @ q[qi]
                 best = int(np.argmax(chunk_scores))
-                results.append(SearchResult(rank=len(results) + 1, score=float(s), path=row.path,
-                                            offset=float(row.offsets[best]), chunk_score=float(chunk_scores[best]),
+                rank = len(results) + 1
+                results.append(SearchResult(rank=rank, score=standardised(float(s), mean, std),
+                                            percentile=percentile(rank, len(self.ids)), cosine=float(s), path=row.path,
+                                            offset=float(row.offsets[best]), chunk_cosine=float(chunk_scores[best]),
                                             duration=float(row.duration)))
             out.append(results)
         return out

@@ -1,0 +1,118 @@
+"""Candidates cut and aligned to a mix, ready to drag into a DAW (`stemjepa query --export`, the web app's downloads).
+
+Alignment: the candidate plays from its best-matching offset at the mix's time 0, at the mix's sample rate, looped
+(wrapping round to its start) when it runs out before the mix ends and trimmed at the mix's end, so every file has
+exactly the mix's length. The candidate keeps its own channel count.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..audio.io import load_audio, resample, save_audio
+from ..errors import AudioError, StemJepaError
+
+SUBTYPE = "PCM_24"  # what DAWs read everywhere; more headroom than 16 bits for stems mixed later
+
+
+def native_rate(path) -> int:
+    """The sample rate an audio file is stored at (from its header)."""
+    import soundfile as sf
+
+    try:
+        return int(sf.info(str(path)).samplerate)
+    except Exception:  # noqa: BLE001 - not a libsndfile format: ask FFmpeg
+        import av
+
+        try:
+            with av.open(str(path)) as c:
+                st = c.streams.audio[0]
+                return int(st.rate or st.codec_context.sample_rate)
+        except Exception as exc:  # noqa: BLE001
+            raise AudioError(path, f"cannot read the audio header ({type(exc).__name__}: {exc})") from None
+
+
+def load_native(path) -> tuple[np.ndarray, int]:
+    """(float32 (channels, frames), sample rate) of an audio file as it is stored (no downmix, no resampling)."""
+    wave = load_audio(path, sample_rate=None, mono=False)
+    return wave, native_rate(path)
+
+
+def align(candidate: np.ndarray, candidate_sr: int, offset: float, frames: int, sample_rate: int) -> np.ndarray:
+    """`candidate` (channels, n) from `offset` seconds on, at `sample_rate`, looped or trimmed to `frames`."""
+    cand = np.atleast_2d(np.asarray(candidate, np.float32))
+    cand = resample(cand, candidate_sr, sample_rate) if candidate_sr != sample_rate else cand
+    n = cand.shape[1]
+    if n == 0 or frames <= 0:
+        return np.zeros((cand.shape[0], max(frames, 0)), np.float32)
+    start = min(max(int(round(offset * sample_rate)), 0), n - 1)
+    rolled = np.concatenate([cand[:, start:], cand[:, :start]], axis=1)
+    reps = -(-frames // n)
+    return np.ascontiguousarray(np.tile(rolled, (1, reps))[:, :frames])
+
+
+def _same_channels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if a.shape[0] == b.shape[0]:
+        return a, b
+    if a.shape[0] == 1:
+        return np.repeat(a, b.shape[0], axis=0), b
+    if b.shape[0] == 1:
+        return a, np.repeat(b, a.shape[0], axis=0)
+    return a.mean(0, keepdims=True), b.mean(0, keepdims=True)
+
+
+def balance_gains(balance: float) -> tuple[float, float]:
+    """(mix gain, candidate gain) for a balance in [0, 1]: 0 = mix only, 0.5 = both at full level, 1 = candidate only."""
+    b = min(max(float(balance), 0.0), 1.0)
+    return min(1.0, 2.0 * (1.0 - b)), min(1.0, 2.0 * b)
+
+
+def premix(mix: np.ndarray, aligned: np.ndarray, balance: float = 0.5) -> np.ndarray:
+    """Mix + aligned candidate (same length) at `balance`, scaled down only if the sum would clip."""
+    a, b = _same_channels(np.atleast_2d(mix), np.atleast_2d(aligned))
+    g_mix, g_cand = balance_gains(balance)
+    out = g_mix * a + g_cand * b
+    peak = float(np.max(np.abs(out))) if out.size else 0.0
+    return (out * (0.99 / peak) if peak > 0.99 else out).astype(np.float32)
+
+
+def safe_name(text: str, limit: int = 60) -> str:
+    """A file-name-safe version of `text` (letters, digits, - _ .)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "stem"
+    return name[:limit]
+
+
+def candidate_file_name(rank: int, path: str) -> str:
+    p = Path(path)
+    return f"{rank:02d}_{safe_name(p.parent.name + '-' + p.stem if p.parent.name else p.stem)}.wav"
+
+
+def export_candidates(mix_path, instrument: str, results: list, out_dir, overwrite: bool = False) -> Path:
+    """Write each result as a WAV aligned to the mix (its length and rate) plus `results.json` into `out_dir`.
+
+    Existing files of the same names are refused unless `overwrite`; other files in the folder are left alone.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StemJepaError(f"{out_dir}: exists and is not a folder; choose another --export folder")
+    names = [candidate_file_name(r.rank, r.path) for r in results] + ["results.json"]
+    existing = [n for n in names if (out_dir / n).exists()]
+    if existing and not overwrite:
+        raise StemJepaError(f"{out_dir / existing[0]}: already exists; choose another --export folder or pass "
+                            "--overwrite")
+    mix, sr = load_native(mix_path)
+    frames = mix.shape[1]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for r, name in zip(results, names):
+        cand, cand_sr = load_native(r.path)
+        save_audio(out_dir / name, align(cand, cand_sr, r.offset, frames, sr), sr, subtype=SUBTYPE)
+        entries.append({**r.to_dict(), "file": name})
+    doc = {"mix": str(mix_path), "instrument": instrument, "sample_rate": sr, "frames": frames,
+           "seconds": frames / sr, "alignment": "candidate from its offset at mix time 0, looped or trimmed to the mix",
+           "results": entries}
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
+    return out_dir
