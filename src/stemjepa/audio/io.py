@@ -5,6 +5,10 @@ soundfile handles wav/flac/ogg/mp3 quickly; PyAV (FFmpeg) handles everything els
 """
 from __future__ import annotations
 
+import logging
+import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,13 @@ import soundfile as sf
 import soxr
 
 from ..errors import AudioError
+
+log = logging.getLogger(__name__)
+
+MAX_SECONDS = 12 * 3600.0  # a read is bounded: longer files are refused before their samples are decoded
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket"}
+_SHOULD_BE = re.compile(r"^(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".aif", ".aiff", ".wma")
 
@@ -31,7 +42,40 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(wave.T, orig_sr, target_sr, quality="HQ").T.astype(np.float32, copy=False)
 
 
+def check_regular_file(path) -> None:
+    """Only regular files are opened as audio: reading a FIFO, a device or a socket can block forever."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioError(path, "file not found") from None
+    except OSError as exc:
+        raise AudioError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError(path, "is a folder, not an audio file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise AudioError(path, f"is {kind}, not a regular audio file; only regular files are read")
+
+
+def _truncation(path: Path, info) -> str | None:
+    """libsndfile reads what a truncated WAV/AIFF holds; its header log says how much the header promised."""
+    m = _SHOULD_BE.search(getattr(info, "extra_info", "") or "")
+    if not m or int(m.group(2)) <= int(m.group(3)):
+        return None
+    held = info.frames / info.samplerate
+    promised = held * int(m.group(2)) / max(1, int(m.group(3)))
+    return f"truncated file: its header promises {promised:.2f} s but it holds {held:.2f} s; only those are used"
+
+
 def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    info = sf.info(str(path))
+    if info.samplerate and info.frames / info.samplerate > MAX_SECONDS:
+        raise AudioError(path, f"longer than {MAX_SECONDS / 3600:g} h ({info.frames / info.samplerate / 3600:.1f} h); "
+                               "cut it into shorter files")
+    problem = _truncation(path, info)
+    if problem:
+        log.warning("%s: %s", path, problem)
     data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     return data.T, sr  # (channels, frames)
 
@@ -48,7 +92,7 @@ def _read_pyav(path: Path, stream: int | None) -> tuple[np.ndarray, int]:
             raise AudioError(path, f"audio stream {index} requested but the file has {len(audio_streams)}")
         st = audio_streams[index]
         sr = st.rate or st.codec_context.sample_rate
-        chunks = []
+        chunks, n = [], 0
         for frame in container.decode(st):
             arr = frame.to_ndarray()
             if arr.dtype.kind == "i":
@@ -58,6 +102,9 @@ def _read_pyav(path: Path, stream: int | None) -> tuple[np.ndarray, int]:
                 chunks.append(arr.reshape(len(frame.layout.channels), -1))
             else:  # packed: (1, frames * channels)
                 chunks.append(arr.reshape(-1, len(frame.layout.channels)).T)
+            n += chunks[-1].shape[1]
+            if sr and n > MAX_SECONDS * sr:
+                raise AudioError(path, f"longer than {MAX_SECONDS / 3600:g} h; cut it into shorter files")
         if not chunks:
             raise AudioError(path, "no audio could be decoded (empty or truncated file)")
         return np.concatenate(chunks, axis=1), int(sr)
@@ -69,14 +116,13 @@ def load_audio(path, sample_rate: int | None = 16000, mono: bool = True, stream:
     `stream` selects an audio stream in multi-stream containers (MUSDB18 `.stem.mp4`). Raises AudioError naming the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise AudioError(path, "file not found")
-    if path.is_dir():
-        raise AudioError(path, "is a folder, not an audio file")
+    check_regular_file(path)
     wave = sr = None
     if stream is None:
         try:
             wave, sr = _read_soundfile(path)
+        except AudioError:
+            raise
         except Exception:  # noqa: BLE001 - fall through to FFmpeg, which reads more formats
             wave = None
     if wave is None:
@@ -100,6 +146,7 @@ def load_audio(path, sample_rate: int | None = 16000, mono: bool = True, stream:
 def audio_duration(path) -> float:
     """Duration in seconds without decoding where the container says it."""
     path = Path(path)
+    check_regular_file(path)
     try:
         info = sf.info(str(path))
         return info.frames / info.samplerate

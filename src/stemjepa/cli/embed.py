@@ -3,12 +3,14 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
+    from .options import positive_int
+
     p = subparsers.add_parser("embed", help="embed audio files with a checkpoint (one mean-pooled vector per file)")
     p.add_argument("files", nargs="+", help="audio files")
     p.add_argument("--checkpoint", required=True, help="model checkpoint")
     p.add_argument("--out", help="save the (n_files, d) array to this .npy file instead of printing")
     p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.set_defaults(func=run)
 
 
@@ -18,7 +20,9 @@ def run(args) -> int:
     import numpy as np
 
     from ..audio.io import load_audio
+    from ..audio.quality import check_embeddable, check_finite_embedding
     from ..errors import StemJepaError
+    from ..fsutil import atomic_write
     from ..models import load_model
 
     out = None
@@ -26,20 +30,25 @@ def run(args) -> int:
         out = Path(args.out) if args.out.endswith(".npy") else Path(args.out + ".npy")  # np.save appends .npy
         if out.exists():
             raise StemJepaError(f"{out}: exists already; choose another --out")
+        if not out.parent.is_dir():
+            raise StemJepaError(f"{out.parent}: folder not found (for --out {out})")
     model = load_model(args.checkpoint, device=args.device)
     vectors, failed = [], []
     for path in args.files:
         try:
             wave = load_audio(path, model.sample_rate)
+            check_embeddable(wave, model.sample_rate, path)
+            vector = model.embed(wave, args.batch_size).vector
+            check_finite_embedding(vector, path)
         except StemJepaError as exc:
             print(f"warning: skipped {exc}")
             failed.append(path)
             continue
-        vectors.append((path, model.embed(wave, args.batch_size).vector))
+        vectors.append((path, vector))
     if not vectors:
         raise StemJepaError("no file could be embedded")
     if out is not None:
-        np.save(out, np.stack([v for _, v in vectors]))
+        atomic_write(out, lambda fh: np.save(fh, np.stack([v for _, v in vectors])))  # never a half-written file
         print(f"saved {len(vectors)} embeddings of dimension {vectors[0][1].shape[0]} to {out}")
     else:
         np.set_printoptions(precision=4, suppress=True, linewidth=120, threshold=12)

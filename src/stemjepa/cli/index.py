@@ -4,6 +4,7 @@ from __future__ import annotations
 
 def add_parser(subparsers) -> None:
     from ..search.vectors import AUTO_APPROX_THRESHOLD
+    from .options import positive_int
 
     p = subparsers.add_parser(
         "index", help="index a folder of stems for `stemjepa query` (incremental: re-run to pick up changes)",
@@ -12,13 +13,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("dir", help="folder of stems (searched recursively; hidden files and folders are skipped)")
     p.add_argument("--checkpoint", required=True, help="model checkpoint (queries must use the same one)")
     p.add_argument("--out", required=True, help="index folder (created, or updated if it holds an index)")
-    p.add_argument("--batch-size", type=int, default=16,
+    p.add_argument("--batch-size", type=positive_int, default=16,
                    help="audio chunks (the model's chunk length) per forward pass (default 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when present)")
     p.add_argument("--index-type", choices=["auto", "exact", "ivfpq", "hnsw"], default=None,
                    help=f"search structure: exact inner product, IVF-PQ with exact re-ranking, or HNSW; auto = exact "
                         f"below {AUTO_APPROX_THRESHOLD:,} files, ivfpq above (default: keep the index's setting, auto "
                         "for a new index)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="allow an update that removes every file of the index (otherwise refused: an unmounted drive "
+                        "must not wipe the index)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -28,6 +32,6 @@ def run(args) -> int:
 
     model = load_checkpoint_model(args.checkpoint, device=args.device)
     summary = build_index(args.dir, args.out, model, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                          index_type=args.index_type, progress=not args.quiet)
+                          index_type=args.index_type, progress=not args.quiet, allow_empty=args.allow_empty)
     print(summary.text())
     return 1 if summary.failed else 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..fsutil import atomic_write
 from .multitrack import LoadedSong
 
 CACHE_VERSION = 1
@@ -45,15 +46,6 @@ def frame_rms_db(audio: np.ndarray, frame_samples: int) -> np.ndarray:
     return (10.0 * np.log10(power + 1e-12)).astype(np.float32)
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_cache_song(cache_dir, loaded: LoadedSong, dataset: str = "folder") -> dict:
     """Write one decoded song into the cache (atomic per song, safe from several processes at once)."""
     cache_dir = Path(cache_dir)
@@ -64,8 +56,8 @@ def write_cache_song(cache_dir, loaded: LoadedSong, dataset: str = "folder") -> 
     frame_samples = int(round(FRAME_SECONDS * loaded.sample_rate))
     audio16 = np.clip(loaded.audio, -65000, 65000).astype(np.float16)
     rms = frame_rms_db(loaded.audio, frame_samples).astype(np.float16)
-    _atomic_write_bytes(songs_dir / f"{key}.npy", lambda f: np.save(f, audio16))
-    _atomic_write_bytes(songs_dir / f"{key}.rms.npy", lambda f: np.save(f, rms))
+    atomic_write(songs_dir / f"{key}.npy", lambda f: np.save(f, audio16))
+    atomic_write(songs_dir / f"{key}.rms.npy", lambda f: np.save(f, rms))
     record = {
         "id": song.id,
         "key": key,
@@ -82,7 +74,7 @@ def write_cache_song(cache_dir, loaded: LoadedSong, dataset: str = "folder") -> 
         "sources": source_signature(song),
         "meta": _jsonable(song.meta),
     }
-    _atomic_write_bytes(songs_dir / f"{key}.json", lambda f: f.write(json.dumps(record).encode()))
+    atomic_write(songs_dir / f"{key}.json", lambda f: f.write(json.dumps(record).encode()))
     return record
 
 
@@ -162,7 +154,7 @@ def finalize_cache(cache_dir, dataset: str = "folder", skipped: list[dict] | Non
         "skipped": skipped or [],
         "songs": [{k: r[k] for k in ("id", "key", "split")} for r in records],
     }
-    _atomic_write_bytes(cache_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    atomic_write(cache_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     return manifest
 
 

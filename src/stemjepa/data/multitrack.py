@@ -8,6 +8,8 @@ Labels go from coarse to fine and may be empty (the stem is then conditioned on 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import numpy as np
 
 from ..audio.io import load_audio
 from ..errors import AudioError, DataError
+
+log = logging.getLogger(__name__)
 
 UNLABELLED = "music"
 
@@ -88,25 +92,41 @@ def read_song_folder(folder) -> Song:
     """Read one song folder of the generic layout; raises DataError naming the file on any problem."""
     folder = Path(folder)
     meta_path = folder / "stems.json"
-    if not meta_path.is_file():
-        raise DataError(f"{meta_path}: missing (every song folder needs a stems.json)")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        if not os.access(folder, os.R_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(folder))
+        if not meta_path.is_file():
+            raise DataError(f"{meta_path}: missing (every song folder needs a stems.json)")
+        raw = meta_path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{folder}: song folder cannot be read ({exc.strerror or exc})") from None
+    try:
+        meta = json.loads(raw)  # UTF-8, or UTF-16/32 as JSON allows (detected from the first bytes)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{meta_path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as exc:
         raise DataError(f"{meta_path}: not valid JSON ({exc})") from None
     entries = meta.get("stems") if isinstance(meta, dict) else None
     if not isinstance(entries, list) or not entries:
         raise DataError(f"{meta_path}: needs a non-empty list under 'stems'")
-    stems = []
+    stems, seen = [], set()
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"].strip():
             raise DataError(f"{meta_path}: stem #{i} needs a 'file' string")
+        rel = Path(os.path.normpath(entry["file"]))
+        if rel.is_absolute() or rel.parts[:1] == ("..",):
+            raise DataError(f"{meta_path}: stem file {entry['file']!r} is outside the song folder; list files by their "
+                            "name inside it")
+        if rel in seen:
+            log.warning("%s: %r is listed more than once; the repeated entry is ignored", meta_path, entry["file"])
+            continue
+        seen.add(rel)
         labels = entry.get("labels") or []
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise DataError(f"{meta_path}: stem {entry['file']!r} has 'labels' that is not a list of strings")
         name = entry.get("name") or Path(entry["file"]).stem
         extra = {k: v for k, v in entry.items() if k not in ("file", "labels", "name")}
-        stems.append(Stem(name=name, path=folder / entry["file"], labels=[x.strip() for x in labels if x.strip()], meta=extra))
+        stems.append(Stem(name=name, path=folder / rel, labels=[x.strip() for x in labels if x.strip()], meta=extra))
     song_meta = {k: v for k, v in meta.items() if k != "stems"}
     return Song(id=folder.name, stems=stems, split=song_meta.get("split"), meta=song_meta, root=folder)
 
@@ -119,8 +139,12 @@ def read_folder(root, strict: bool = False) -> tuple[list[Song], list[tuple[str,
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
+    try:
+        subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"{root}: folder cannot be read ({exc.strerror or exc})") from None
     songs, problems = [], []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for sub in subs:
         try:
             songs.append(read_song_folder(sub))
         except DataError as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, StemJepaError
+from ..fsutil import WriteError, clean_stale_temps
 from .cache import MANIFEST, drop_songs, finalize_cache, fresh_song_ids, remove_song, song_key, write_cache_song
 from .datasets import load_dataset
 from .multitrack import Song, load_song
@@ -51,17 +52,23 @@ def _skip(song=None, stem=None, path=None, reason="") -> dict:
     return {"song": song, "stem": stem, "path": None if path is None else str(path), "reason": reason}
 
 
-def _prepare_one(task: tuple[Song, str, str, int]) -> tuple[str, str | None, list]:
-    """Worker: decode one song and write it to the cache. Returns (song id, error or None, skipped stems)."""
+def _prepare_one(task: tuple[Song, str, str, int]) -> tuple[str, str | None, list, bool]:
+    """Worker: decode one song and write it to the cache.
+
+    Returns (song id, error or None, skipped stems, fatal): a write error (disk full, read-only cache) is fatal, since
+    every other song would fail the same way; a song that cannot be read is not.
+    """
     song, cache_dir, dataset, sample_rate = task
     try:
         loaded = load_song(song, sample_rate=sample_rate, length="pad")
         write_cache_song(cache_dir, loaded, dataset)
-        return song.id, None, list(loaded.skipped)
+        return song.id, None, list(loaded.skipped), False
+    except WriteError as exc:
+        return song.id, str(exc), [], True
     except StemJepaError as exc:
-        return song.id, str(exc), []
+        return song.id, str(exc), [], False
     except Exception as exc:  # noqa: BLE001 - one bad song must not stop a long batch job
-        return song.id, f"{type(exc).__name__}: {exc}", []
+        return song.id, f"{type(exc).__name__}: {exc}", [], False
 
 
 def _check_out(out: Path, dataset: str) -> None:
@@ -126,6 +133,8 @@ def prepare(
     for song in already:
         skipped.extend(_previous_stem_skips(out, song))
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out)  # what a killed or failed run left (its temp files would keep a full disk full)
+    clean_stale_temps(out / "songs")
 
     by_id = {s.id: s for s in todo}
     tasks = [(s, str(out), dataset, sample_rate) for s in todo]
@@ -134,9 +143,12 @@ def prepare(
     if already and progress:
         bar.write(f"{len(already)} of {len(songs)} songs already in {out}; preparing the other {len(todo)}")
 
-    def record(result: tuple[str, str | None, list]) -> None:
+    def record(result: tuple[str, str | None, list, bool]) -> None:
         nonlocal n_ok
-        song_id, error, stem_skips = result
+        song_id, error, stem_skips, fatal = result
+        if fatal:
+            raise StemJepaError(f"{error} (the {n_ok + len(already)} songs already in the cache are kept; run the same "
+                                "command again to continue)")
         song = by_id[song_id]
         if error is None:
             n_ok += 1

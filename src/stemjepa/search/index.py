@@ -17,6 +17,7 @@ import inspect
 import itertools
 import math
 import os
+import sqlite3
 import sys
 import time
 from collections import deque
@@ -31,8 +32,11 @@ import numpy as np
 from .. import __version__
 from ..audio.io import load_audio
 from ..errors import AudioError, CheckpointError, DataError, StemJepaError
-from .inputs import MIN_STEM_PEAK, check_instrument, load_query
+from ..audio.quality import check_embeddable
+from .inputs import check_instrument, load_query
 from .scores import PoolStats, percentile, standardised
+from ..fsutil import WriteError, describe_write_error
+from .integrity import check_snapshot, snapshot_record, unit_rows_ok
 from .store import DB_NAME, FORMAT_VERSION, LOCK_NAME, MetaStore, StemIndexError, check_index_folder
 from .vectors import (INDEX_POLICIES, VectorSearcher, bf16_bits, build_ann, default_params, normalize, read_ann,
                       resolve_index_type, save_vectors, write_ann)
@@ -80,6 +84,7 @@ class IndexSummary:
     total: int = 0
     index_type: str = ""
     generation: int = 0
+    repaired: str = ""  # the damaged snapshot that this run rewrote
 
     def text(self) -> str:
         lines = [f"{self.index}: {self.total} files searchable ({self.index_type}, generation {self.generation}); "
@@ -89,6 +94,8 @@ class IndexSummary:
                                                (self.reused, "copied from identical files")) if n]
         if extra:
             lines[0] += f" ({', '.join(extra)})"
+        if self.repaired:
+            lines.append(f"  repaired: {self.repaired}; the snapshot was rebuilt from {DB_NAME}")
         if not self.found:
             lines.append("  note: no audio files found under the folder (looked for "
                          "wav, flac, mp3, ogg, opus, m4a, mp4, aac, aif(f), wma)")
@@ -182,7 +189,8 @@ def _prefetch(items: Sequence, load: Callable, workers: int = 2, ahead: int = 8)
 
 
 def build_index(root, out, model, checkpoint=None, batch_size: int = 16, index_type: str | None = None,
-                progress: bool = True, on_phase: Callable[[str], None] | None = None) -> IndexSummary:
+                progress: bool = True, on_phase: Callable[[str], None] | None = None,
+                allow_empty: bool = False) -> IndexSummary:
     """Create or update the index in `out` for the audio files under `root`, embedded with `model`.
 
     New files are embedded, files unchanged since the last run (size + mtime, or checksum when only the mtime moved)
@@ -190,6 +198,8 @@ def build_index(root, out, model, checkpoint=None, batch_size: int = 16, index_t
     it stopped; the searchable index changes only at the final commit. `index_type` (auto|exact|ivfpq|hnsw) defaults
     to the index's current policy (auto for a new index). `batch_size` is the number of model chunks per forward pass.
     `on_phase(name)` is called at "batch" (a batch committed) and "snapshot" (snapshot written, not yet committed).
+    An update that would remove every file of a non-empty index (an unmounted drive) is refused unless `allow_empty`.
+    A full disk or a write error ends the run with one line; the previous generation stays searchable.
     """
     root, out = Path(root).expanduser().resolve(), Path(out).expanduser().resolve()
     if not root.is_dir():
@@ -198,21 +208,33 @@ def build_index(root, out, model, checkpoint=None, batch_size: int = 16, index_t
         raise StemJepaError(f"unknown index type {index_type!r} (choose from {', '.join(INDEX_POLICIES)})")
     if batch_size < 1:
         raise StemJepaError(f"--batch-size must be at least 1, got {batch_size}")
-    _prepare_out(out)
-    with _writer_lock(out):
-        store = MetaStore(out, create=True)
-        try:
-            return _Updater(store, root, model, checkpoint, batch_size, index_type, progress, on_phase).run()
-        finally:
-            store.close()
+    try:
+        _prepare_out(out)
+        with _writer_lock(out):
+            store = MetaStore(out, create=True)
+            try:
+                return _Updater(store, root, model, checkpoint, batch_size, index_type, progress, on_phase,
+                                allow_empty).run()
+            finally:
+                store.close()
+    except WriteError as exc:
+        raise StemIndexError(f"{exc} (the previous index is still usable)") from None
+    except sqlite3.OperationalError as exc:
+        full = "full" in str(exc).lower()
+        raise StemIndexError(f"{out / DB_NAME}: " + ("disk full (no space left on the device)" if full else f"cannot write "
+                             f"({exc})") + "; the previous index is still usable: free some space and run again") from None
+    except OSError as exc:
+        raise StemIndexError(f"{describe_write_error(getattr(exc, 'filename', None) or out, exc)} "
+                             "(the previous index is still usable)") from None
 
 
 class _Updater:
     """One `index` run on generation N = committed + 1 (see store.py)."""
 
     def __init__(self, store: MetaStore, root: Path, model, checkpoint, batch_size: int, index_type: str | None,
-                 progress: bool, on_phase):
+                 progress: bool, on_phase, allow_empty: bool = False):
         self.store, self.root, self.model = store, root, model
+        self.allow_empty = allow_empty
         self.checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
         self.batch_size, self.progress = batch_size, progress
         self.on_phase = on_phase or (lambda phase: None)
@@ -289,6 +311,11 @@ class _Updater:
             if under_root or stat_file(path) is None:
                 remove.append(row[0])
                 self.summary.removed += 1
+        keeps = to_embed or self.summary.unchanged or self.summary.resumed
+        if live and len(remove) == len(live) and not keeps and not self.allow_empty:
+            raise StemIndexError(
+                f"{self.root}: this update would remove all {len(live)} files of the index {s.folder} (no audio file "
+                "found where they were: is the drive mounted?); nothing was changed. Pass --allow-empty to empty it")
         with s.transaction():
             s.conn.executemany("DELETE FROM files WHERE id = ?", [(i,) for i in drop_pending])
             s.conn.executemany("UPDATE files SET mtime_ns = ? WHERE id = ?", touch)
@@ -312,8 +339,7 @@ class _Updater:
         if reuse is not None:
             return None, checksum, reuse
         wave = load_audio(f.path, sample_rate=_model_sample_rate(self.model), mono=True)
-        if float(np.max(np.abs(wave))) < MIN_STEM_PEAK:
-            raise AudioError(f.path, "silent (peak below -80 dBFS): nothing to index")
+        check_embeddable(wave, _model_sample_rate(self.model), f.path)
         return wave, checksum, None
 
     def store_reuse(self, checksum: str):
@@ -417,7 +443,11 @@ class _Updater:
         s, G, N = self.store, self.G, self.N
         sm = self.summary
         old_paths = snapshot_paths(s.folder, G)
-        snapshot_ok = G > 0 and old_paths["ids"].exists() and old_paths["vectors"].exists()
+        records = s.get("snapshot_files")
+        problem = check_snapshot(old_paths, records, full=True) if G > 0 else "no snapshot yet"
+        snapshot_ok = problem is None and records is not None  # an older index without records gets them now
+        if G > 0 and problem:
+            sm.repaired = problem
         n_live = len(s.live_stats(N)) if self.dim else 0
         kind = resolve_index_type(self.policy, n_live)
         changed = sm.added or sm.updated or sm.removed or not snapshot_ok or kind != s.get("index_type")
@@ -432,16 +462,21 @@ class _Updater:
         paths = snapshot_paths(s.folder, N)
         if self.progress:
             print(f"writing the {kind} index of {len(ids)} files...", file=sys.stderr, flush=True)
+        written = ["ids", "vectors"]
         save_vectors(paths["ids"], ids)
         save_vectors(paths["vectors"], vectors)
         if kind == "exact" and len(ids):
             save_vectors(paths["bf16"], bf16_bits(vectors))  # screening copy for fast exact search
+            written.append("bf16")
         ann = build_ann(kind, vectors, params, previous=self._previous_ann(kind))
         if ann is not None:
             write_ann(ann, paths["ann"])
+            written.append("ann")
+        record = snapshot_record({name: paths[name] for name in written})
         self.on_phase("snapshot")
         with s.transaction():
             s.set("generation", N)
+            s.set("snapshot_files", record)
             s.set("index_type", kind)
             s.set("index_params", params)
             s.set("count", int(len(ids)))
@@ -476,7 +511,7 @@ class _Updater:
         """Delete snapshots older than N-1 (readers may still hold N-1) and temp files of killed runs."""
         for p in self.store.folder.iterdir():
             name = p.name
-            if name.startswith(".snapshot-") and ".tmp-" in name:
+            if name.startswith(".snapshot-") and (".tmp-" in name or name.endswith(".tmp")):
                 p.unlink(missing_ok=True)
             elif name.startswith("snapshot-"):
                 try:
@@ -566,20 +601,35 @@ class StemIndex:
         raise StemIndexError(f"{self.folder}: snapshot files of generation {gen} are missing; re-run `stemjepa index`")
 
     def _load_snapshot(self, gen: int) -> None:
-        info = self.store.info()
+        info = self.store.info()  # one statement: the generation and its file records belong together
+        if int(info.get("generation", 0)) != gen:
+            raise FileNotFoundError(gen)  # a writer committed in between: read again
         paths = snapshot_paths(self.folder, gen)
-        ids = np.load(paths["ids"])
-        if len(ids):
-            vectors = np.load(paths["vectors"], mmap_mode="r")
-        else:
-            vectors = np.zeros((0, info.get("embed_dim") or 1), np.float32)
+        repair = "; run `stemjepa index` on the library again to repair it"
+        if not paths["ids"].exists():
+            raise FileNotFoundError(paths["ids"])
+        problem = check_snapshot(paths, info.get("snapshot_files"))
+        if problem:
+            raise StemIndexError(f"{problem}{repair}")
         kind = info.get("index_type", "exact")
-        ann = None
-        if kind != "exact" and len(ids):
-            if not paths["ann"].exists():
-                raise FileNotFoundError(paths["ann"])
-            ann = read_ann(paths["ann"])
-        screen = np.load(paths["bf16"], mmap_mode="r") if kind == "exact" and paths["bf16"].exists() else None
+        try:
+            ids = np.load(paths["ids"])
+            if len(ids):
+                vectors = np.load(paths["vectors"], mmap_mode="r")
+                if vectors.ndim != 2 or len(vectors) != len(ids) or not unit_rows_ok(vectors):
+                    raise ValueError("vectors do not match the ids or are not unit vectors")
+            else:
+                vectors = np.zeros((0, info.get("embed_dim") or 1), np.float32)
+            ann = None
+            if kind != "exact" and len(ids):
+                if not paths["ann"].exists():
+                    raise FileNotFoundError(paths["ann"])
+                ann = read_ann(paths["ann"])
+            screen = np.load(paths["bf16"], mmap_mode="r") if kind == "exact" and paths["bf16"].exists() else None
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise StemIndexError(f"{self.folder}: snapshot of generation {gen} is damaged ({str(exc)[:120]}){repair}") from None
         self.searcher = VectorSearcher(kind, info.get("index_params") or {}, vectors, ann, screen=screen)
         self.ids, self.dim, self.generation = ids, int(vectors.shape[1]), gen
         self.pool = PoolStats(vectors)  # places each query's cosines within the library (readable scores)
@@ -638,6 +688,9 @@ class StemIndex:
         else:
             embs = model.query_many(waves, labels)
         vectors = np.stack([np.asarray(e.vector, np.float32).reshape(-1) for e in embs])
+        if not np.all(np.isfinite(vectors)):
+            raise CheckpointError(f"{getattr(model, 'checkpoint_path', 'the model')}: the model returned NaN or infinite "
+                                  "values for the query (damaged weights?)")
         return self.search_vectors(vectors, k)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StemJepaError
+from ..fsutil import atomic_write, fsync_dir  # noqa: F401 - re-exported for older imports
 
 FORMAT_VERSION = 1
 DB_NAME = "index.sqlite"
@@ -87,16 +88,12 @@ class MetaStore:
         self.db_path = self.folder / DB_NAME
         if not create:
             check_index_folder(self.folder)
-        self.conn = sqlite3.connect(str(self.db_path), timeout=60.0, isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
         try:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: a killed process loses nothing committed
-            if create:
-                self.conn.executescript(_SCHEMA)
+            self.conn = self._connect() if create else self._connect_readonly()
             version = self.get("format_version")
         except sqlite3.DatabaseError as exc:
-            self.conn.close()
+            if getattr(self, "conn", None) is not None:
+                self.conn.close()
             raise StemIndexError(f"{self.db_path}: not a readable stem index ({exc})") from None
         if version is not None and int(version) > FORMAT_VERSION:
             self.conn.close()
@@ -104,6 +101,32 @@ class MetaStore:
                 f"{self.folder}: index written by a newer stemjepa (format {version}; this version reads up to "
                 f"{FORMAT_VERSION}): upgrade stemjepa, or build a new index with this version"
             )
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.db_path), timeout=60.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: a killed process loses nothing committed
+        conn.executescript(_SCHEMA)
+        return conn
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Queries never write, so an index on a read-only disk or with read-only files can be searched.
+
+        `mode=ro` still sees a concurrent writer's commits (WAL); where SQLite cannot create the WAL's shared-memory file
+        (a read-only folder, so no writer either) the file is opened as immutable.
+        """
+        uri = self.db_path.resolve().as_uri()
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            conn = sqlite3.connect(uri + query, uri=True, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            try:
+                conn.execute("SELECT count(*) FROM info").fetchone()
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                error = exc
+        raise error
 
     def close(self) -> None:
         self.conn.close()
@@ -202,32 +225,3 @@ def check_index_folder(folder) -> None:
     if not (folder / DB_NAME).is_file():
         raise StemIndexError(
             f"{folder}: not a stem index (no {DB_NAME}; build one with `stemjepa index DIR --out {folder}`)")
-
-
-def fsync_dir(folder) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`: readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..fsutil import atomic_write
 
 INDEX_TYPES = ("exact", "ivfpq", "hnsw")
 INDEX_POLICIES = ("auto",) + INDEX_TYPES
@@ -153,9 +154,7 @@ def write_ann(index, path) -> None:
     """Write a FAISS index atomically (temp file + rename)."""
     faiss = import_faiss()
 
-    from .store import atomic_write
-
-    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)), by_name=True)
 
 
 def read_ann(path):
@@ -309,10 +308,4 @@ class VectorSearcher:
 
 def save_vectors(path, vectors: np.ndarray) -> None:
     """Atomic np.save (the snapshot's float32 matrix or its id array)."""
-    from .store import atomic_write
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, vectors)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda fh: np.save(fh, vectors))

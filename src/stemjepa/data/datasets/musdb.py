@@ -26,6 +26,9 @@ def _split_dirs(root: Path) -> list[tuple[str | None, Path]]:
 def _count_audio_streams(path: Path) -> int:
     import av
 
+    from ...audio.io import check_regular_file
+
+    check_regular_file(path)  # a FIFO would block av.open forever
     with av.open(str(path)) as container:
         return len(container.streams.audio)
 

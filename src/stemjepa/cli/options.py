@@ -1,0 +1,24 @@
+"""argparse value types with ranges, so a bad option is refused at parse time (usage line, exit 2), never deep inside."""
+from __future__ import annotations
+
+import argparse
+
+
+def _int(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is not {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (steps, batch sizes, device counts)."""
+    return _int(text, 1, "a positive integer (at least 1)")
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0 (worker counts)."""
+    return _int(text, 0, "a non-negative integer (0 or more)")

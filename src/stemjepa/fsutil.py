@@ -1,0 +1,118 @@
+"""File-system helpers shared by every writer: atomic writes, temp-file cleanup, and write errors in the user's words.
+
+A file we write is either the old one or the complete new one, never half of it: the bytes go to a temporary name in the
+same folder, are fsynced, then renamed over the target. A failed write removes its temporary file (a full disk must not
+stay full of our leftovers), and `clean_stale_temps` removes those of killed runs.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+from .errors import StemJepaError
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp
+
+
+class WriteError(StemJepaError):
+    """A file that could not be written (disk full, no permission...): one line naming the path and what to do."""
+
+    def __init__(self, path, exc: OSError):
+        self.path, self.errno = str(path), exc.errno
+        super().__init__(describe_write_error(path, exc))
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in _DISK_FULL
+
+
+def describe_write_error(path, exc: OSError) -> str:
+    if exc.errno in _DISK_FULL:
+        return f"{path}: disk full (no space left on the device); free some space and run again"
+    if exc.errno in _NO_PERMISSION:
+        return f"{path}: cannot write here ({exc.strerror or exc}); choose a folder you can write to"
+    return f"{path}: cannot write ({exc.strerror or exc})"
+
+
+def temp_name(path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def fsync_dir(folder) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write: Callable, *, by_name: bool = False) -> None:
+    """Write `path` atomically: `write(fh)` fills an open binary temp file (or, with by_name, `write(tmp_path)` creates it).
+
+    On any error the temp file is removed and the target is untouched; OSErrors become a WriteError naming `path`.
+    """
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        if by_name:
+            write(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        else:
+            with open(tmp, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(folder) -> int:
+    """Remove the temp files (`.<name>.<pid>.tmp`) that dead processes left in `folder`; returns how many."""
+    n = 0
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return 0
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+    return n

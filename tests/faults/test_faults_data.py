@@ -1,0 +1,138 @@
+"""Defects 3, 4 and 8 (stems.json side) of the fault matrix: FIFOs, undecodable or unreadable metadata and folders,
+duplicate and outside entries. Each test builds its own tiny inputs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from faultkit import bounded, run_unprivileged, shared_tmp
+
+from stemjepa.audio.io import load_audio
+from stemjepa.data.multitrack import read_folder, read_song_folder
+from stemjepa.data.prepare import prepare
+from stemjepa.errors import AudioError, DataError
+from stemjepa.evaluation.retrieval import load_songs
+
+SR = 16000
+
+
+def song(folder: Path, names=("bass", "keys"), seconds: float = 1.0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * SR)) / SR
+    for i, name in enumerate(names):
+        sf.write(folder / f"{name}.wav", (0.3 * np.sin(2 * np.pi * (110 * (i + 1)) * t)).astype(np.float32), SR)
+    (folder / "stems.json").write_text(json.dumps({"stems": [{"file": f"{n}.wav", "labels": [n]} for n in names]}))
+    return folder
+
+
+# --- defect 3: a FIFO named x.wav hangs every reader -----------------------------------------------------------------
+def test_fifo_is_refused_not_read(tmp_path):
+    fifo = tmp_path / "x.wav"
+    os.mkfifo(fifo)
+    _, error = bounded(lambda: load_audio(fifo), seconds=20)
+    assert isinstance(error, AudioError) and "FIFO" in str(error) and str(fifo) in str(error)
+
+    from stemjepa.search.inputs import load_query  # what `query` reads a mix with
+
+    _, error = bounded(lambda: load_query(fifo, SR), seconds=20)
+    assert isinstance(error, AudioError) and "FIFO" in str(error)
+
+    root = tmp_path / "data"
+    s = song(root / "s1")
+    os.mkfifo(s / "pipe.wav")
+    meta = json.loads((s / "stems.json").read_text())
+    meta["stems"].append({"file": "pipe.wav", "labels": ["drums"]})
+    (s / "stems.json").write_text(json.dumps(meta))
+    result, error = bounded(lambda: prepare("folder", root, tmp_path / "cache", progress=False), seconds=60)
+    assert error is None and result.n_prepared == 1
+    assert any(x["stem"] == "pipe" and "FIFO" in x["reason"] for x in result.skipped)
+
+
+# --- defect 4: stems.json not UTF-8; an unreadable song folder ------------------------------------------------------
+def _corpus_with_bad_metadata(root: Path) -> None:
+    song(root / "good")
+    utf16 = song(root / "utf16")
+    (utf16 / "stems.json").write_bytes(json.dumps({"stems": [{"file": "bass.wav"}]}).encode("utf-16"))  # with a BOM
+    garbage = song(root / "garbage")
+    (garbage / "stems.json").write_bytes(b"\xff\xfe\x00\xd8garbage\x80\x81")
+
+
+def test_stems_json_that_is_not_utf8_is_skipped_and_named(tmp_path):
+    root = tmp_path / "data"
+    _corpus_with_bad_metadata(root)
+    songs, problems = read_folder(root)
+    assert sorted(s.id for s in songs) == ["good", "utf16"]  # UTF-16 with a BOM is valid JSON text: read
+    assert len(problems) == 1 and problems[0][0].endswith("garbage") and "stems.json" in problems[0][1]
+
+    result = prepare("folder", root, tmp_path / "cache", progress=False)  # prepare (and fit, which calls it)
+    assert result.n_prepared == 2 and any("garbage" in (x["path"] or "") for x in result.skipped)
+    songs, _, problems = load_songs("folder", root)  # eval retrieval
+    assert len(songs) == 2 and len(problems) == 1
+
+
+def test_unreadable_song_folder_is_skipped_simulated(tmp_path, monkeypatch):
+    """The permission error is simulated (the suite may run as root, which reads everything)."""
+    root = tmp_path / "data"
+    song(root / "good")
+    locked = song(root / "locked")
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    songs, problems = read_folder(root)
+    assert [s.id for s in songs] == ["good"] and "cannot be read" in problems[0][1] and "locked" in problems[0][0]
+    result = prepare("folder", root, tmp_path / "cache", progress=False)
+    assert result.n_prepared == 1 and any("locked" in (x["path"] or "") for x in result.skipped)
+    assert len(load_songs("folder", root)[0]) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
+def test_unreadable_song_folder_is_skipped_for_real():
+    base = shared_tmp()
+    try:
+        root = base / "data"
+        song(root / "good")
+        locked = song(root / "locked")
+        for p in [base, root, root / "good", *(root / "good").iterdir()]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        locked.chmod(0)
+        code = ("from stemjepa.data.multitrack import read_folder\n"
+                "from stemjepa.evaluation.retrieval import load_songs\n"
+                f"songs, problems = read_folder({str(root)!r})\n"
+                "print([s.id for s in songs], problems)\n"
+                f"print(len(load_songs('folder', {str(root)!r})[0]))\n")
+        r = run_unprivileged(code)
+        assert r.returncode == 0, r.stderr
+        assert "['good']" in r.stdout and "cannot be read" in r.stdout and r.stdout.strip().endswith("1")
+    finally:
+        (base / "data" / "locked").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# --- defect 8 (metadata): duplicate entries, files outside the song folder --------------------------------------------
+def test_duplicate_stem_entry_counts_once(tmp_path, caplog):
+    s = song(tmp_path / "s1", names=("bass", "keys"))
+    meta = json.loads((s / "stems.json").read_text())
+    meta["stems"].append({"file": "./bass.wav", "labels": ["bass"]})
+    (s / "stems.json").write_text(json.dumps(meta))
+    parsed = read_song_folder(s)
+    assert [st.name for st in parsed.stems] == ["bass", "keys"]
+    assert "listed more than once" in caplog.text
+
+
+def test_stem_file_outside_the_song_folder_is_refused(tmp_path):
+    outside = song(tmp_path / "elsewhere")
+    for bad in (str(outside / "bass.wav"), "../elsewhere/bass.wav"):
+        s = song(tmp_path / "data" / "s1")
+        (s / "stems.json").write_text(json.dumps({"stems": [{"file": bad}]}))
+        with pytest.raises(DataError, match="outside the song folder"):
+            read_song_folder(s)

@@ -1,0 +1,150 @@
+"""Defects 5, 6, 7 (index) and 8 (degenerate audio, unmounted library) of the fault matrix, with the fake model of
+test_search_fakes (known answers, no training)."""
+from __future__ import annotations
+
+import errno
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+from faultkit import disk_full_after, run_unprivileged, shared_tmp
+from test_search_fakes import SR, FakeModel, tone, write, write_songs
+
+from stemjepa.search import StemIndex, StemIndexError, build_index
+from stemjepa.search.index import snapshot_paths
+from stemjepa.search.store import MetaStore
+
+
+def build(root, out, **kw):
+    return build_index(root, out, FakeModel(), progress=False, **kw)
+
+
+def query_ok(out) -> list:
+    mix = tone(4 * 98.0, 3.0, 0.2)
+    with StemIndex.open(out, model=FakeModel()) as index:
+        return index.query(mix, "bass", k=3)
+
+
+@pytest.fixture()
+def indexed(tmp_path):
+    root = tmp_path / "stems"
+    write_songs(root)
+    out = tmp_path / "idx"
+    build(root, out)
+    return root, out
+
+
+# --- defect 5: a read-only index -------------------------------------------------------------------------------------
+def test_queries_open_the_index_read_only(indexed):
+    _, out = indexed
+    with StemIndex.open(out, model=FakeModel()) as index:
+        assert len(index.query(tone(392.0, 3.0), "bass", k=3)) == 3
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            index.store.conn.execute("INSERT INTO info(key, value) VALUES ('x', '1')")
+
+
+def test_read_only_index_folder_can_be_queried():
+    base = shared_tmp()
+    try:
+        root, out = base / "stems", base / "idx"
+        write_songs(root)
+        build(root, out)
+        for p in out.iterdir():
+            p.chmod(0o444)
+        out.chmod(0o555)
+        code = ("from test_search_fakes import FakeModel, tone\nfrom stemjepa.search import StemIndex\n"
+                f"with StemIndex.open({str(out)!r}, model=FakeModel()) as index:\n"
+                "    print(len(index.query(tone(392.0, 3.0), 'bass', k=3)))\n")
+        r = run_unprivileged(code)
+        assert r.returncode == 0 and r.stdout.strip() == "3", r.stderr
+    finally:
+        (base / "idx").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# --- defect 6: damaged snapshots are detected by queries and repaired by `index` --------------------------------------
+def test_truncated_or_zeroed_snapshot_is_detected_then_repaired(indexed):
+    root, out = indexed
+    for damage in ("truncate", "zero"):
+        with _Store(out) as store:
+            gen = store.generation
+        vectors = snapshot_paths(out, gen)["vectors"]
+        data = bytearray(vectors.read_bytes())
+        if damage == "truncate":
+            vectors.write_bytes(bytes(data[: len(data) // 2]))
+        else:
+            data[128:] = bytes(len(data) - 128)  # the .npy header stays, the rows become zeros
+            vectors.write_bytes(bytes(data))
+        with pytest.raises(StemIndexError, match="stemjepa index"):
+            query_ok(out)
+        summary = build(root, out)
+        assert summary.repaired and "vectors" in summary.repaired and summary.generation == gen + 1
+        assert "repaired" in summary.text()
+        results = query_ok(out)
+        assert results[0].score > 0.9
+
+
+class _Store:
+    def __init__(self, out):
+        self.store = MetaStore(out)
+
+    def __enter__(self):
+        return self.store
+
+    def __exit__(self, *exc):
+        self.store.close()
+
+
+# --- defect 7: a full disk during `index` --------------------------------------------------------------------------
+def test_disk_full_during_index_is_one_line_and_keeps_the_old_index(indexed, monkeypatch):
+    root, out = indexed
+    write(root / "new" / "a.wav", tone(300.0, 3.0))
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(MetaStore, "insert_row", full)
+    with pytest.raises(StemIndexError, match="disk full.*still usable"):
+        build(root, out)
+    monkeypatch.undo()
+    assert len(query_ok(out)) == 3
+
+    monkeypatch.setattr(np, "save", disk_full_after(np.save, n_ok=1))  # the snapshot's vectors cannot be written
+    with pytest.raises(StemIndexError, match="disk full"):
+        build(root, out)
+    monkeypatch.undo()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temp file keeps the disk full
+    assert len(query_ok(out)) == 3
+    assert build(root, out).added == 1
+
+
+# --- defect 8: degenerate audio gets the same answer everywhere; an unmounted library does not wipe the index ----------
+def test_silent_and_too_short_files_are_refused_by_index(tmp_path):
+    root = tmp_path / "stems"
+    write(root / "ok.wav", tone(200.0, 2.0))
+    write(root / "zeros.wav", np.zeros(SR, np.float32))
+    write(root / "blip.wav", tone(200.0, 0.01))
+    summary = build(root, tmp_path / "idx")
+    failed = dict(summary.failed)
+    assert summary.total == 1 and "silent" in failed[str(root / "zeros.wav")]
+    assert "too short" in failed[str(root / "blip.wav")]
+
+
+def test_reindexing_an_empty_folder_needs_allow_empty(indexed, tmp_path):
+    root, out = indexed
+    moved = tmp_path / "unmounted"
+    root.rename(moved)
+    root.mkdir()  # the mount point of a drive that is not mounted
+    with pytest.raises(StemIndexError, match="--allow-empty"):
+        build(root, out)
+    assert len(query_ok(out)) == 3  # nothing was removed
+    summary = build(root, out, allow_empty=True)
+    assert summary.total == 0 and summary.removed == 15
+
+
+def test_disk_full_error_names_the_path():
+    from stemjepa.fsutil import WriteError
+
+    exc = WriteError("/x/y.npy", OSError(errno.ENOSPC, "No space left on device"))
+    assert str(exc).startswith("/x/y.npy: disk full") and exc.disk_full
