@@ -181,6 +181,48 @@ CHOICES = {
 }
 
 
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _nonnegative(v) -> bool:
+    return v >= 0
+
+
+def _fraction(v) -> bool:
+    return 0 <= v <= 1
+
+
+_RULES = {_positive: "greater than 0", _nonnegative: "0 or more", _fraction: "between 0 and 1"}
+
+# numeric fields with a range, checked with the types (a negative learning rate fails here, not after decoding the data)
+RANGES = {
+    "max_steps": _positive, "log_every": _nonnegative, "checkpoint_every": _nonnegative, "val_every": _nonnegative,
+    "optim.lr": _positive, "optim.lr_batch_ref": _positive, "optim.min_lr_ratio": _fraction,
+    "optim.betas": lambda v: all(0 <= b < 1 for b in v), "optim.weight_decay": _nonnegative,
+    "optim.warmup_steps": _nonnegative, "optim.grad_clip": _nonnegative,
+    "contrastive.temperature_init": _positive, "contrastive.temperature_min": _positive,
+    "jepa.ema_tau_start": _fraction, "jepa.ema_tau_end": _fraction,
+    "data.batch_size": _positive, "data.num_workers": _nonnegative, "data.prefetch_factor": _positive,
+    "data.min_active_fraction": _fraction, "data.max_context_stems": _positive, "data.gain_db": _nonnegative,
+    "model.frontend.sample_rate": _positive, "model.frontend.n_fft": _positive, "model.frontend.win_length": _positive,
+    "model.frontend.hop_length": _positive, "model.frontend.n_mels": _positive, "model.frontend.f_min": _nonnegative,
+    "model.frontend.f_max": _positive, "model.frontend.log_eps": _positive, "model.frontend.norm_std": _positive,
+    "model.encoder.embed_dim": _positive, "model.encoder.depth": _positive, "model.encoder.num_heads": _positive,
+    "model.encoder.patch_size": _positive, "model.encoder.mlp_ratio": _positive, "model.encoder.chunk_seconds": _positive,
+    "model.conditioning.text_dim": _positive, "model.conditioning.class_dim": _positive,
+    "model.predictor.num_layers": _positive, "model.predictor.hidden_dim": _positive,
+}
+_RANGE_TEXT = {"optim.betas": "two values in [0, 1)"}
+
+
+def _check_range(where: str, value) -> None:
+    field_path = where.split(".", 1)[1] if "." in where else where
+    rule = RANGES.get(field_path)
+    if rule is not None and value is not None and not rule(value):
+        raise ConfigError(f"{field_path}: {value!r} must be {_RANGE_TEXT.get(field_path) or _RULES[rule]}")
+
+
 def _coerce(cls, key: str, value, where: str):
     """Check a value against the field's type (YAML reads `5e-4` as a string, for instance) and its allowed choices."""
     hint = typing.get_type_hints(cls)[key]
@@ -217,6 +259,7 @@ def _coerce(cls, key: str, value, where: str):
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, CHOICES[key]))}")
+    _check_range(where, value)
     return value
 
 

@@ -5,6 +5,8 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
+    from .options import nonnegative_int, positive_int
+
     p = subparsers.add_parser("fit", help="train the model (phase 1 contrastive or phase 2 JEPA)",
                               description="Train one phase. DATA is a training cache (`stemjepa prepare`) or a multitrack folder "
                                           "(song sub-folders with stems.json), which is prepared into a cache on first use.",
@@ -15,12 +17,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--init", help="phase-1 checkpoint whose encoder initialises phase 2")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.ckpt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--max-steps", type=int, help="number of training steps (overrides the config)")
-    p.add_argument("--batch-size", type=int, help="global batch size (overrides the config)")
+    p.add_argument("--max-steps", type=positive_int, help="number of training steps (overrides the config)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (overrides the config)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device")
-    p.add_argument("--devices", type=int, default=1, help="devices per node (DDP when > 1)")
-    p.add_argument("--num-nodes", type=int, default=1, help="number of nodes (DDP)")
-    p.add_argument("--workers", type=int, help="data-loader worker processes (overrides data.num_workers)")
+    p.add_argument("--devices", type=positive_int, default=1, help="devices per node (DDP when > 1)")
+    p.add_argument("--num-nodes", type=positive_int, default=1, help="number of nodes (DDP)")
+    p.add_argument("--workers", type=nonnegative_int, help="data-loader worker processes (overrides data.num_workers)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-configs", action="store_true", help="list the ready-made configs and exit")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. optim.lr=5e-4")

@@ -4,6 +4,7 @@ Files are read with `torch.load(weights_only=True)`: no code from the file is ex
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -14,19 +15,50 @@ from ..errors import CheckpointError, ConfigError, StemJepaError
 FORMAT_VERSION = 1
 
 
+def _unsafe_detail(message: str) -> str:
+    """The line of torch's refusal that names what the file wanted to load (e.g. 'GLOBAL posix.system')."""
+    for line in message.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line:
+            return line.strip()[:160]
+    return ""
+
+
 def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # a damaged file, not a refused object
+            raise CheckpointError(f"{path}: not a readable checkpoint (damaged file: {str(exc)[:120]})") from None
+        detail = _unsafe_detail(str(exc))
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects other than tensors and plain values"
+            + (f" ({detail})" if detail else "") + ", and loading those can run arbitrary code. stemjepa only reads "
+            "weights (a checkpoint written by `stemjepa fit`); if you trust where this file comes from, re-save its "
+            "weights in a trusted Python session") from None
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is not a usable checkpoint
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(ckpt, dict) or "stemjepa" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a stemjepa checkpoint (no 'stemjepa' entry)")
-    if ckpt["stemjepa"].get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer stemjepa (format {ckpt['stemjepa']['format_version']})")
+    meta = ckpt["stemjepa"]
+    if not isinstance(meta, dict) or not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(f"{path}: not a stemjepa checkpoint (its 'stemjepa' or 'state_dict' entry is not a mapping)")
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: corrupt checkpoint (format_version {version!r} is not an integer)")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer stemjepa (format {version})")
     return ckpt
+
+
+def check_finite_weights(state: dict, path) -> None:
+    """Refuse weights holding NaN or inf: every embedding made from them would be NaN, and rankings meaningless."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[0]}); the "
+                              "training diverged or the file is damaged: use an earlier checkpoint")
 
 
 def checkpoint_config(ckpt: dict, path="checkpoint") -> TrainConfig:
@@ -55,8 +87,10 @@ def load_model(path, device=None, eval_mode: bool = True):
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
     model = StemJEPA(cfg)
+    state = model_state(ckpt)
+    check_finite_weights(state, path)
     try:
-        model.load_state_dict(model_state(ckpt))
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the config inside it ({str(exc)[:300]})") from None
     if device is None:

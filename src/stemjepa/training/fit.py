@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,8 +17,11 @@ from ..data.cache import TrainingCache, is_cache
 from ..data.prepare import format_summary, prepare
 from ..data.provenance import training_songs
 from ..errors import CheckpointError, DataError, StemJepaError
-from ..models.checkpoint import checkpoint_config, model_state, read_checkpoint
+from ..fsutil import WriteError, atomic_write_text, clean_stale_temps
+from ..models.checkpoint import check_finite_weights, checkpoint_config, model_state, read_checkpoint
 from ..models.checkpoint import training_songs as recorded_songs
+
+from .rundir import check_data_path, check_device, check_run_dir, clear_run, has_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,7 @@ def prepare_folder_cache(folder: Path, cache_dir: Path, sample_rate: int, progre
 def resolve_data(data: str, run_dir: Path, sample_rate: int, progress: bool, split: str | None = None) -> TrainingCache:
     """The training cache for `data` (a cache, or a folder prepared on first use), restricted to `split` (songs without a
     split are always kept)."""
-    path = Path(data)
-    if not path.exists():
-        raise DataError(f"{path}: training data not found")
+    path = check_data_path(data)
     if is_cache(path):
         cache_dir = path
     else:
@@ -101,6 +101,7 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from .checkpoint_io import AtomicCheckpointIO
     from .data import ChunkPairDataModule
     from .module import StemJEPAModule
 
@@ -108,6 +109,11 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     ckpt_path = None
+    # every input is checked before anything in the run folder is written or removed (see rundir.py)
+    check_device(opts.device, opts.devices, opts.num_nodes)
+    check_run_dir(run_dir)
+    clean_stale_temps(ckpt_dir)
+    replace_run = False
     inherited = None  # songs recorded by the checkpoint this run resumes or starts from (--init): its encoder saw them
     if opts.resume:
         if not last.is_file():
@@ -120,11 +126,14 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         saved.data.num_workers, saved.data.prefetch_factor = cfg.data.num_workers, cfg.data.prefetch_factor
         cfg = saved
         ckpt_path = str(last)
-    elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+    elif has_checkpoints(run_dir):
         if not opts.overwrite:
             raise StemJepaError(f"{run_dir} already holds a training run; use --resume to continue it or --overwrite to replace it")
-        for old in (ckpt_dir, run_dir / "logs", run_dir / "tensorboard"):
-            shutil.rmtree(old, ignore_errors=True)
+        replace_run = True  # done once the new inputs are known good, below
+    init = None
+    if opts.init and not opts.resume:
+        init = read_checkpoint(opts.init)  # a missing or bad --init is reported before the data is decoded
+        check_finite_weights(model_state(init), opts.init)
 
     cache = resolve_data(opts.data, run_dir, cfg.model.frontend.sample_rate, opts.progress, cfg.data.split)
     if cfg.phase == 2 and cfg.model.conditioning.kind == "classes" and cfg.model.conditioning.classes in ("auto", ["auto"]):
@@ -133,8 +142,7 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         cfg.model.conditioning.class_fallback = cfg.data.unlabelled
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = StemJEPAModule(cfg, labels=data_labels(cache, cfg.data.unlabelled))
-    if opts.init and not opts.resume:
-        init = read_checkpoint(opts.init)
+    if init is not None:
         inherited = recorded_songs(init)
         try:
             module.model.load_encoder_from(model_state(init))
@@ -148,8 +156,10 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     if precision == "32":
         precision = "32-true"
     strategy = opts.strategy or ("ddp" if opts.devices > 1 or opts.num_nodes > 1 else "auto")
+    if replace_run:
+        clear_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=1))
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
                                     every_n_train_steps=max(1, cfg.checkpoint_every), save_top_k=-1, save_last=True)
     from .songs_record import TrainingSongsRecord
@@ -179,10 +189,14 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         num_sanity_val_steps=0,
         limit_val_batches=0,
         deterministic=False,
+        plugins=[AtomicCheckpointIO()],
     )
     started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    trainer.save_checkpoint(last)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.save_checkpoint(last)
+    except OSError as exc:  # a log or checkpoint write failed (disk full...): checkpoints already there stay whole
+        raise WriteError(getattr(exc, "filename", None) or run_dir, exc) from None
     if trainer.is_global_zero:
         log.info("trained %d steps in %.1f s", trainer.global_step, time.time() - started)
     return last
