@@ -16,6 +16,7 @@ from .errors import StemJepaError
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+USER_ERRNOS = _DISK_FULL | _NO_PERMISSION  # errors of the user's environment, not of stemjepa
 _TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp
 
 
@@ -35,7 +36,7 @@ def describe_write_error(path, exc: OSError) -> str:
     if exc.errno in _DISK_FULL:
         return f"{path}: disk full (no space left on the device); free some space and run again"
     if exc.errno in _NO_PERMISSION:
-        return f"{path}: cannot write here ({exc.strerror or exc}); choose a folder you can write to"
+        return f"{path}: {exc.strerror or exc}; check its permissions or choose a folder you can write to"
     return f"{path}: cannot write ({exc.strerror or exc})"
 
 

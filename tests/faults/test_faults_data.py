@@ -136,3 +136,47 @@ def test_stem_file_outside_the_song_folder_is_refused(tmp_path):
         (s / "stems.json").write_text(json.dumps({"stems": [{"file": bad}]}))
         with pytest.raises(DataError, match="outside the song folder"):
             read_song_folder(s)
+
+
+# --- defect 7 (prepare): a full disk stops the run with one line and leaves no temp files --------------------------------
+def test_disk_full_during_prepare_stops_cleanly_and_the_rerun_finishes(tmp_path, monkeypatch):
+    from faultkit import disk_full_after
+
+    from stemjepa.errors import StemJepaError
+
+    root = tmp_path / "data"
+    for i in range(3):
+        song(root / f"s{i}")
+    out = tmp_path / "cache"
+    (out / "songs").mkdir(parents=True)
+    stale = out / "songs" / ".old.npy.999999999.tmp"  # left by a killed run (that pid does not exist)
+    stale.write_bytes(b"x" * 100)
+    monkeypatch.setattr(np, "save", disk_full_after(np.save, n_ok=2))  # the second song's audio cannot be written
+    with pytest.raises(StemJepaError, match="disk full.*1 songs already in the cache are kept"):
+        prepare("folder", root, out, progress=False)
+    monkeypatch.undo()
+    assert not [p.name for p in (out / "songs").iterdir() if p.name.endswith(".tmp")]
+    result = prepare("folder", root, out, progress=False)
+    assert (result.n_already, result.n_prepared, result.manifest["n_songs"]) == (1, 2, 3)
+
+
+def test_permission_error_anywhere_in_a_command_is_one_line(tmp_path, monkeypatch, capsys):
+    """Simulated: the suite may run as root, for whom every folder is writable."""
+    import errno
+
+    from stemjepa.cli.main import main
+
+    root = tmp_path / "data"
+    song(root / "s1")
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if "locked" in self.parts:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    out = tmp_path / "locked" / "cache"
+    assert main(["prepare", "--dataset", "folder", "--root", str(root), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{out}: Permission denied" in err and len(err.strip().splitlines()) == 1

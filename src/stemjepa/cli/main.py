@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or a folder we may not write to, wherever it happens: one line, not a traceback
+        from ..fsutil import USER_ERRNOS, describe_write_error
+
+        if args.verbose or exc.errno not in USER_ERRNOS:
+            raise
+        print(f"error: {describe_write_error(exc.filename or 'a file', exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
