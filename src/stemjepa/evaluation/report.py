@@ -57,7 +57,7 @@ def collapse_note(m: dict) -> str:
             f"of {d['n']}: {flag}")
 
 
-def protocol_note(m: dict) -> str:
+def protocol_note(m: dict, diagnostics: bool = True) -> str:
     """One paragraph stating what a metrics.json's R@k must be read against: |pool|, chance level, distance, reference
     encoder, overlap with training songs and the collapse verdict. Used beside every table (report.md, compare, demo)."""
     chance = m.get("chance") or {}
@@ -66,13 +66,14 @@ def protocol_note(m: dict) -> str:
         parts.append("chance R@1 / R@5 / R@10 = " + " / ".join(fmt(chance.get(f"R@{k}")) for k in (1, 5, 10))
                      + f" %, median rank {fmt(chance.get('norm_rank_median'))} %")
     if m.get("distance"):
+        ref = m.get("reference_encoder")
+        ref = "the model's only encoder (phase 1)" if ref == "encoder" else f"the {ref} encoder"
         parts.append(f"ranked by {'Euclidean (L2) distance' if m['distance'] == 'l2' else 'cosine similarity'}"
-                     f"{' (the paper)' if m['distance'] == 'l2' else ' (not the paper)'}, references from the "
-                     f"{m.get('reference_encoder')} encoder")
+                     f"{' (the paper)' if m['distance'] == 'l2' else ' (not the paper)'}, references from {ref}")
     overlap = m.get("training_overlap") or {}
     if overlap.get("n_songs"):
         parts.append(f"WARNING: {overlap['n_songs']} evaluated songs were training songs")
-    note = collapse_note(m)
+    note = collapse_note(m) if diagnostics else ""
     if note:
         parts.append(note)
     return "; ".join(parts)

@@ -426,7 +426,7 @@ def evaluate_retrieval(
         "chance": metrics.chance_metrics(result["n_pool"]),
         "distance": distance,
         "distance_reason": DISTANCE_REASON[distance],
-        "reference_encoder": reference_encoder if getattr(model, "has_predictor", True) else "encoder (phase 1 has one)",
+        "reference_encoder": reference_encoder if getattr(model, "has_predictor", True) else "encoder",  # phase 1: one encoder
         "pool_diagnostics": pool_stats,
         "training_overlap": overlap,
         "k64_candidates": result["k64_candidates"],
