@@ -9,6 +9,8 @@ _LAZY = {
     "evaluate_checkpoints": "retrieval",
     "load_songs": "retrieval",
     "compare_table": "report",
+    "protocol_note": "report",
+    "pool_diagnostics": "retrieval",
 }
 
 __all__ = list(_LAZY)
