@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fluidsynth libfluidsynth3 ffmpeg libsndfile1
+APT_PACKAGES := fluidsynth libfluidsynth3 ffmpeg libsndfile1 chromium fonts-dejavu-core
 STAMP := $(VENV)/.installed
 
 .PHONY: install system demo test clean

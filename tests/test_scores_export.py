@@ -96,7 +96,8 @@ def test_query_export_writes_candidates_aligned_to_the_mix(tmp_path, monkeypatch
     doc = json.loads((out / "results.json").read_text())
     assert doc["sample_rate"] == mix_sr and doc["frames"] == len(mono) and len(doc["results"]) == 2
     best = doc["results"][0]
-    assert best["path"].endswith("long.wav") and best["offset"] == 4.0 and {"score", "cosine", "percentile"} <= set(best)
+    assert best["path"].endswith("long.wav") and best["offset"] == 4.0
+    assert {"score", "cosine", "percentile"} <= set(best)
     data, sr = sf.read(out / best["file"], dtype="float32", always_2d=True)
     assert sr == mix_sr and data.shape == (len(mono), 1)
     expected = np.clip(resample(long, SR, mix_sr), -1, 1)  # written as PCM: clipped to full scale

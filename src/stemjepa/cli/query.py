@@ -55,7 +55,9 @@ def run(args) -> int:
         from ..search.export import export_candidates, safe_name
 
         for i, (name, res) in enumerate(zip(names, results)):
-            folder = Path(args.export) if len(args.mixes) == 1 else Path(args.export) / f"{i + 1:02d}_{safe_name(Path(name).stem)}"
+            folder = Path(args.export)
+            if len(args.mixes) > 1:
+                folder = folder / f"{i + 1:02d}_{safe_name(Path(name).stem)}"
             export_candidates(name, instrument, res, folder, overwrite=args.overwrite)
             print(f"exported {len(res)} aligned candidates and results.json to {folder}", file=sys.stderr)
     if args.json:
@@ -67,5 +69,6 @@ def run(args) -> int:
             print(f"{name}: {instrument!r}, top {len(res)} of {total} stems")
             print(f"{'rank':>4}  {'score':>6}  {'pct':>5}  {'cosine':>6}  {'offset':>8}  path")
             for r in res:
-                print(f"{r.rank:>4}  {r.score:>+6.2f}  {r.percentile:>5.1f}  {r.cosine:>6.3f}  {r.offset:>7.1f}s  {r.path}")
+                print(f"{r.rank:>4}  {r.score:>+6.2f}  {r.percentile:>5.1f}  {r.cosine:>6.3f}  {r.offset:>7.1f}s  "
+                      f"{r.path}")
     return 2 if failed else 0

@@ -65,7 +65,7 @@ def _same_channels(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def balance_gains(balance: float) -> tuple[float, float]:
-    """(mix gain, candidate gain) for a balance in [0, 1]: 0 = mix only, 0.5 = both at full level, 1 = candidate only."""
+    """(mix gain, candidate gain) for a balance in [0, 1]: 0 = mix only, 0.5 = both at full level, 1 = candidate."""
     b = min(max(float(balance), 0.0), 1.0)
     return min(1.0, 2.0 * (1.0 - b)), min(1.0, 2.0 * b)
 

@@ -1,0 +1,168 @@
+"""The HTTP layer: a FastAPI app with the JSON API under /api (OpenAPI at /openapi.json) and the page at /.
+
+Errors are JSON `{"detail": "<file or thing>: <problem>"}` with 400 (bad input), 403 (a path outside the folders the
+server may read), 404 (unknown upload, query, index or file) or 413 (over a size or duration limit).
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from .. import __version__
+from ..errors import AudioError, StemJepaError
+from ..search.export import safe_name
+from .files import NotFound, PathRefused, TooLarge
+from .pictures import spectrogram_png
+from .service import Engine, wav_bytes
+from .settings import ServeConfig
+
+STATIC = Path(__file__).parent / "static"
+STATUS = ((PathRefused, 403), (NotFound, 404), (TooLarge, 413), (StemJepaError, 400))
+
+
+class QueryRequest(BaseModel):
+    """One query: a mix (an upload id or a path in the mixes folder), the instrument to look for, and k."""
+
+    upload: str | None = Field(None, description="id returned by POST /api/uploads")
+    mix: str | None = Field(None, description="path relative to the server's mixes folder (GET /api/mixes)")
+    instrument: str = Field(..., description='free text, e.g. "bass" or "warm electric piano"')
+    k: int = Field(10, description="number of candidates")
+    index: str | None = Field(None, description="index name (GET /api/info); default: the first")
+
+
+def _wav(wave, sr: int, download: str | None = None) -> Response:
+    headers = {"Content-Disposition": f'attachment; filename="{download}"'} if download else {}
+    return Response(wav_bytes(wave, sr), media_type="audio/wav", headers=headers)
+
+
+def create_app(config: ServeConfig | None = None, engine: Engine | None = None) -> FastAPI:
+    """The app for `config` (or an Engine already built). Opening the indexes and the model happens here, so a bad
+    index or checkpoint is refused before the server listens."""
+    engine = engine or Engine(config)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        engine.close()
+
+    app = FastAPI(title="stemjepa", version=__version__, lifespan=lifespan,
+                  description="Search a stem library with a mix and an instrument, and audition the candidates.")
+    app.state.engine = engine
+
+    @app.exception_handler(StemJepaError)
+    async def user_error(request: Request, exc: StemJepaError):
+        code = next(c for cls, c in STATUS if isinstance(exc, cls))
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/info", summary="Indexes served, their size and model, and the upload limits")
+    def info():
+        return engine.info()
+
+    @app.get("/api/labels", summary="Instrument labels the model knows (suggestions for the instrument text)")
+    def labels():
+        return {"labels": engine.labels()}
+
+    @app.get("/api/mixes", summary="Mixes in the folder the server was given (--mixes)")
+    def mixes():
+        if engine.mixes is None:
+            raise NotFound("this server has no mixes folder (start it with --mixes DIR)")
+        return {"mixes": engine.mixes.list()}
+
+    @app.post("/api/uploads", status_code=201, summary="Upload a mix (the request body is the audio file)",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def upload(request: Request, filename: str = Query(..., description="the file's name, e.g. song.wav")):
+        name = Path(filename.replace("\\", "/")).name or "upload"
+        limit = int(engine.limits.max_upload_mb * 1e6)
+        too_big = TooLarge(f"{name}: larger than this server's upload limit of {engine.limits.max_upload_mb:g} MB "
+                           "(stemjepa serve --max-upload-mb)")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_big
+        uid, path = engine.uploads.new_path(name)
+        size = 0
+        try:
+            with open(path, "wb") as fh:
+                async for part in request.stream():
+                    size += len(part)
+                    if size > limit:
+                        raise too_big
+                    fh.write(part)
+            if size == 0:
+                raise AudioError(name, "empty upload (0 bytes)")
+            wave, sr = await run_in_threadpool(engine.check_mix, path, name)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        engine.uploads.add(uid, name, path)
+        return {"id": uid, "name": name, "bytes": size, "sample_rate": sr, "channels": int(wave.shape[0]),
+                "frames": int(wave.shape[1]), "seconds": wave.shape[1] / sr}
+
+    @app.post("/api/queries", status_code=202, summary="Start a query; poll the returned job for progress")
+    def start_query(req: QueryRequest):
+        if (req.upload is None) == (req.mix is None):
+            raise StemJepaError("give either an uploaded mix ('upload') or a mix of the mixes folder ('mix')")
+        if req.upload is not None:
+            item = engine.uploads.get(req.upload)
+            path, name = item.path, item.name
+        else:
+            if engine.mixes is None:
+                raise NotFound("this server has no mixes folder (start it with --mixes DIR)")
+            path, name = engine.mixes.resolve(req.mix), req.mix
+        job = engine.submit_query(path, name, req.instrument, req.k, req.index)
+        return {"job": job.id, "job_url": f"/api/jobs/{job.id}"}
+
+    @app.get("/api/jobs/{job_id}", summary="State and progress of a query; its result when done")
+    def job(job_id: str):
+        found = engine.jobs.get(job_id)
+        if found is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return found.to_dict()
+
+    @app.get("/api/queries/{qid}", summary="The result of a finished query")
+    def query(qid: str):
+        return engine.describe(engine.query_record(qid))
+
+    @app.get("/api/queries/{qid}/mix.wav", summary="The mix as WAV (for playback)")
+    def mix_wav(qid: str):
+        return _wav(*engine.mix_audio(qid))
+
+    @app.get("/api/queries/{qid}/mix.png", summary="Spectrogram of the mix")
+    def mix_png(qid: str):
+        return Response(spectrogram_png(*engine.mix_audio(qid)), media_type="image/png")
+
+    @app.get("/api/queries/{qid}/candidates/{rank}/aligned.wav",
+             summary="Candidate from its matched offset, looped or trimmed to the mix (its length and rate)")
+    def aligned_wav(qid: str, rank: int):
+        rec, r = engine.candidate(qid, rank)
+        name = safe_name(f"{Path(rec.mix_name).stem}_{rank:02d}_{Path(r.path).stem}")
+        return _wav(*engine.aligned(qid, rank), download=f"{name}.wav")
+
+    @app.get("/api/queries/{qid}/candidates/{rank}/premix.wav", summary="Mix plus the aligned candidate")
+    def premix_wav(qid: str, rank: int, balance: float = Query(0.5, ge=0.0, le=1.0,
+                                                                 description="0 mix only, 0.5 both, 1 candidate only")):
+        rec, r = engine.candidate(qid, rank)
+        name = safe_name(f"{Path(rec.mix_name).stem}_premix_{rank:02d}_{Path(r.path).stem}")
+        return _wav(*engine.premix(qid, rank, balance), download=f"{name}.wav")
+
+    @app.get("/api/queries/{qid}/candidates/{rank}/picture.png", summary="Spectrogram of the aligned candidate")
+    def candidate_png(qid: str, rank: int):
+        return Response(spectrogram_png(*engine.aligned(qid, rank)), media_type="image/png")
+
+    @app.get("/api/library/file", summary="A file of the indexed library, by its path relative to the library")
+    def library_file(path: str, index: str | None = None):
+        return FileResponse(engine.handle(index).library.resolve(path))
+
+    return app

@@ -1,0 +1,279 @@
+"""What the web app does, without HTTP: open the indexes, answer a query with progress, render aligned audio.
+
+The API layer (api.py) only translates requests to these calls and errors to status codes.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+
+from ..audio.io import audio_duration, resample
+from ..errors import AudioError, StemJepaError
+from ..search.export import SUBTYPE, align, load_native, premix
+from ..search.index import SearchResult, StemIndex, load_checkpoint_model
+from ..search.inputs import check_instrument, load_query
+from .files import Library, MixFolder, NotFound, TooLarge, UploadStore
+from .jobs import Job, Jobs
+from .labels import model_labels, stem_labels
+from .settings import ServeConfig
+
+CHUNKS_PER_STEP = 16  # model chunks embedded between two progress reports
+
+
+@dataclass
+class IndexHandle:
+    name: str
+    folder: Path
+    index: StemIndex
+    library: Library
+    lock: threading.Lock
+
+
+@dataclass
+class QueryRecord:
+    id: str
+    index: str
+    mix_path: Path
+    mix_name: str
+    instrument: str
+    frames: int
+    sample_rate: int
+    channels: int
+    results: list[SearchResult]
+    library_size: int
+
+
+def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
+    import soundfile as sf
+
+    data = np.clip(np.atleast_2d(wave), -1.0, 1.0).T
+    buf = io.BytesIO()
+    sf.write(buf, data, sample_rate, format="WAV", subtype=SUBTYPE)
+    return buf.getvalue()
+
+
+def embed_query(model, wave: np.ndarray, label: str, report) -> np.ndarray:
+    """The query vector of a mix, embedded CHUNKS_PER_STEP chunks at a time so that progress can be shown.
+
+    A track vector is the patch-weighted mean over its chunks, each chunk embedded on its own, so the pieces combined
+    with their valid-patch counts give the same vector as one call on the whole mix.
+    """
+    step = int(getattr(model, "chunk_samples", 128000)) * CHUNKS_PER_STEP
+    pieces = [wave[i:i + step] for i in range(0, len(wave), step)]
+    total, acc = 0.0, None
+    for i, piece in enumerate(pieces):
+        emb = model.query(piece, label)
+        w = float(np.sum(getattr(emb, "weights", [len(piece)])))
+        v = np.asarray(emb.vector, np.float64) * w
+        acc, total = (v if acc is None else acc + v), total + w
+        report(i + 1, len(pieces))
+    return (acc / total).astype(np.float32)
+
+
+class Engine:
+    def __init__(self, config: ServeConfig):
+        if not config.indexes:
+            raise StemJepaError("give at least one index folder (--index DIR)")
+        self.config, self.limits = config, config.limits
+        self.mixes = MixFolder(config.mixes) if config.mixes else None
+        self.indexes: OrderedDict[str, IndexHandle] = OrderedDict()
+        shared = load_checkpoint_model(config.model, device=config.device) if config.model else None
+        models: dict[str, object] = {}
+        try:
+            for folder in config.indexes:
+                folder = Path(folder).expanduser()
+                index = StemIndex.open(folder, model=shared, device=config.device)
+                if shared is None:  # share one loaded model between indexes built with the same checkpoint
+                    ckpt = str(index.store.get("checkpoint"))
+                    if ckpt in models:
+                        index._check_model(models[ckpt], ckpt)
+                        index._model = models[ckpt]
+                    models[ckpt] = index.model  # loads now: a missing checkpoint is refused at start
+                name = self._unique_name(folder.resolve().name or "index")
+                paths = index.store.live_stats(index.generation).keys()
+                self.indexes[name] = IndexHandle(name, folder, index, Library(paths, config.library), threading.Lock())
+        except BaseException:
+            self.close()
+            raise
+        self.uploads = UploadStore(config.uploads)
+        self.jobs = Jobs()
+        self.queries: OrderedDict[str, QueryRecord] = OrderedDict()
+        self._lock = threading.Lock()
+        self._audio_cache: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
+
+    def _unique_name(self, base: str) -> str:
+        name, i = base, 2
+        while name in self.indexes:
+            name, i = f"{base}-{i}", i + 1
+        return name
+
+    def close(self) -> None:
+        for h in self.indexes.values():
+            h.index.close()
+        if hasattr(self, "jobs"):
+            self.jobs.close()
+        if hasattr(self, "uploads"):
+            self.uploads.close()
+
+    # --- lookups ---------------------------------------------------------------------------------------------------
+    def handle(self, name: str | None) -> IndexHandle:
+        if name is None:
+            return next(iter(self.indexes.values()))
+        if name not in self.indexes:
+            raise NotFound(f"unknown index {name!r} (this server has: {', '.join(self.indexes)})")
+        return self.indexes[name]
+
+    def query_record(self, qid: str) -> QueryRecord:
+        with self._lock:
+            rec = self.queries.get(qid)
+        if rec is None:
+            raise NotFound(f"query {qid!r} not found (only the last {self.limits.kept_queries} are kept)")
+        return rec
+
+    def candidate(self, qid: str, rank: int) -> tuple[QueryRecord, SearchResult]:
+        rec = self.query_record(qid)
+        if not 1 <= rank <= len(rec.results):
+            raise NotFound(f"query {qid} has no candidate of rank {rank} (it has {len(rec.results)})")
+        return rec, rec.results[rank - 1]
+
+    def labels(self) -> list[str]:
+        out: set[str] = set()
+        for h in self.indexes.values():
+            out.update(model_labels(h.index.model))
+        return sorted(out)
+
+    def info(self) -> dict:
+        return {
+            "indexes": [{"name": h.name, "files": len(h.index), "model_id": h.index.model_id,
+                         "has_predictor": bool(getattr(h.index.model, "has_predictor", True))}
+                        for h in self.indexes.values()],
+            "mixes_folder": self.mixes is not None,
+            "limits": {"max_upload_mb": self.limits.max_upload_mb, "max_seconds": self.limits.max_seconds,
+                       "max_k": self.limits.max_k},
+        }
+
+    # --- uploads ---------------------------------------------------------------------------------------------------
+    def check_mix(self, path: Path, name: str) -> tuple[np.ndarray, int]:
+        """Decode a mix and check it can be queried (length, silence, duration limit); errors name `name`."""
+        try:
+            seconds = audio_duration(path)
+        except AudioError as exc:
+            raise AudioError(name, exc.problem) from None
+        if seconds > self.limits.max_seconds:
+            raise TooLarge(f"{name}: {seconds:.0f} s long; this server accepts mixes up to "
+                           f"{self.limits.max_seconds:.0f} s (stemjepa serve --max-seconds)")
+        try:
+            wave, sr = load_native(path)
+            load_query(wave, sr, name=name)  # too short, silent, NaN
+        except AudioError as exc:
+            raise AudioError(name, exc.problem) from None
+        if wave.shape[1] / sr > self.limits.max_seconds:
+            raise TooLarge(f"{name}: {wave.shape[1] / sr:.0f} s long; this server accepts mixes up to "
+                           f"{self.limits.max_seconds:.0f} s")
+        self._cache_audio(("native", str(path)), wave, sr)
+        return wave, sr
+
+    def _cache_audio(self, key, wave, sr) -> None:
+        with self._lock:
+            self._audio_cache[key] = (wave, sr)
+            self._audio_cache.move_to_end(key)
+            while len(self._audio_cache) > 6:
+                self._audio_cache.popitem(last=False)
+
+    def _native(self, path: Path) -> tuple[np.ndarray, int]:
+        key = ("native", str(path))
+        with self._lock:
+            hit = self._audio_cache.get(key)
+        if hit is None:
+            hit = load_native(path)
+            self._cache_audio(key, *hit)
+        return hit
+
+    # --- queries ---------------------------------------------------------------------------------------------------
+    def submit_query(self, mix_path: Path, mix_name: str, instrument: str, k: int, index: str | None) -> Job:
+        handle = self.handle(index)
+        instrument = check_instrument(instrument)
+        if not 1 <= int(k) <= self.limits.max_k:
+            raise StemJepaError(f"k must be between 1 and {self.limits.max_k}, got {k}")
+        return self.jobs.submit(lambda job: self._run_query(job, handle, mix_path, mix_name, instrument, int(k)))
+
+    def _run_query(self, job: Job, h: IndexHandle, mix_path: Path, mix_name: str, instrument: str, k: int) -> dict:
+        job.report(f"decoding {mix_name}", 0.01)
+        with self._lock:
+            hit = self._audio_cache.get(("native", str(mix_path)))  # an upload, checked when it arrived
+        native, sr = hit if hit is not None else self.check_mix(mix_path, mix_name)
+        model = h.index.model
+        model_sr = int(getattr(model, "sample_rate", 16000))
+        wave, _ = load_query(resample(native.mean(0), sr, model_sr), model_sr, name=mix_name)
+        seconds = len(wave) / model_sr
+        started = time.monotonic()
+
+        def report(done: int, total: int) -> None:
+            at = min(done * CHUNKS_PER_STEP * model.chunk_samples / model_sr, seconds)
+            job.report(f"embedding {mix_name} ({at:.0f} of {seconds:.0f} s, {time.monotonic() - started:.0f} s so far)",
+                       0.05 + 0.9 * done / total)
+
+        vector = embed_query(model, wave, instrument, report)
+        job.report("searching the library", 0.96)
+        with h.lock:
+            results = h.index.search_vectors(vector[None], k)[0]
+            h.library.set_paths(h.index.store.live_stats(h.index.generation).keys())
+            size = len(h.index)
+        rec = QueryRecord(uuid.uuid4().hex[:16], h.name, mix_path, mix_name, instrument, native.shape[1], sr,
+                          native.shape[0], results, size)
+        with self._lock:
+            self.queries[rec.id] = rec
+            while len(self.queries) > self.limits.kept_queries:
+                self.queries.popitem(last=False)
+        return self.describe(rec)
+
+    def describe(self, rec: QueryRecord) -> dict:
+        lib = self.indexes[rec.index].library
+        base = f"/api/queries/{rec.id}"
+        return {
+            "id": rec.id, "index": rec.index, "instrument": rec.instrument, "library_size": rec.library_size,
+            "mix": {"name": rec.mix_name, "frames": rec.frames, "sample_rate": rec.sample_rate,
+                    "channels": rec.channels, "seconds": rec.frames / rec.sample_rate,
+                    "audio_url": f"{base}/mix.wav", "picture_url": f"{base}/mix.png"},
+            "results": [{
+                "rank": r.rank, "score": round(r.score, 4), "percentile": round(r.percentile, 2),
+                "cosine": r.cosine, "chunk_cosine": r.chunk_cosine, "offset": r.offset, "duration": r.duration,
+                "path": lib.relative(r.path), "name": Path(r.path).name, "labels": stem_labels(r.path),
+                "audio_url": f"/api/library/file?{urlencode({'index': rec.index, 'path': lib.relative(r.path)})}",
+                "aligned_url": f"{base}/candidates/{r.rank}/aligned.wav",
+                "premix_url": f"{base}/candidates/{r.rank}/premix.wav",
+                "picture_url": f"{base}/candidates/{r.rank}/picture.png",
+            } for r in rec.results],
+        }
+
+    # --- audio renditions ------------------------------------------------------------------------------------------
+    def mix_audio(self, qid: str) -> tuple[np.ndarray, int]:
+        return self._native(self.query_record(qid).mix_path)
+
+    def aligned(self, qid: str, rank: int) -> tuple[np.ndarray, int]:
+        """The candidate from its matched offset, looped or trimmed to the mix, at the mix's rate."""
+        rec, r = self.candidate(qid, rank)
+        key = ("aligned", qid, rank)
+        with self._lock:
+            hit = self._audio_cache.get(key)
+        if hit is not None:
+            return hit
+        lib = self.indexes[rec.index].library
+        path = lib.resolve(lib.relative(r.path))  # still inside the library, still there
+        cand, cand_sr = load_native(path)
+        out = align(cand, cand_sr, r.offset, rec.frames, rec.sample_rate), rec.sample_rate
+        self._cache_audio(key, *out)
+        return out
+
+    def premix(self, qid: str, rank: int, balance: float) -> tuple[np.ndarray, int]:
+        cand, sr = self.aligned(qid, rank)
+        mix, _ = self.mix_audio(qid)
+        return premix(mix, cand, balance), sr

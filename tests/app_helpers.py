@@ -1,0 +1,43 @@
+"""Builders shared by the web-app tests: a library copied from the toy corpus, its index, a mixes folder, a mix."""
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from stemjepa.audio.io import resample
+from stemjepa.search import build_index
+from stemjepa.search.index import load_checkpoint_model
+
+MIX_SR = 22050  # uploads keep their own rate and channels: the downloads must follow them
+
+
+def copy_library(toy_corpus: Path, dest: Path, songs: int = 4) -> Path:
+    """The first `songs` songs of the toy corpus (stems + stems.json) under `dest`."""
+    for song in sorted(p.parent for p in toy_corpus.glob("*/stems.json"))[:songs]:
+        shutil.copytree(song, dest / song.name)
+    return dest
+
+
+def index_library(library: Path, out: Path, checkpoint: Path) -> Path:
+    model = load_checkpoint_model(checkpoint, device="cpu")
+    summary = build_index(library, out, model, checkpoint=checkpoint, batch_size=8, progress=False)
+    assert summary.failed == [], summary.failed
+    return out
+
+
+def mix_without(song: Path, stem: str = "bass") -> tuple[np.ndarray, int]:
+    """(stereo (frames, 2) float32 at MIX_SR, MIX_SR): the song minus one stem, slightly different per channel."""
+    waves = [sf.read(p, dtype="float32")[0] for p in sorted(song.glob("*.wav")) if p.stem != stem]
+    mono = resample(np.sum(waves, axis=0), 16000, MIX_SR)
+    mono *= 0.9 / float(np.max(np.abs(mono)))  # a bounce that does not clip
+    return np.stack([mono, 0.8 * mono], axis=1).astype(np.float32), MIX_SR
+
+
+def wav_bytes(wave: np.ndarray, sr: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
