@@ -100,7 +100,8 @@ def test_prepare_with_no_readable_song_fails_clearly(tmp_path):
 def test_cli_prepare(tmp_path, capsys):
     root = make_slakh(tmp_path / "slakh")
     out = tmp_path / "cache"
-    assert main(["prepare", "--dataset", "slakh2100", "--root", str(root), "--out", str(out), "--jobs", "1", "--no-progress"]) == 0
+    assert main(["prepare", "--dataset", "slakh2100", "--root", str(root), "--out", str(out), "--split", "all", "--jobs", "1",
+                 "--no-progress"]) == 0  # the default would be the train split
     printed = capsys.readouterr().out
     assert "prepared 2 songs" in printed and "Track00003" in printed and "S03" in printed
     assert main(["prepare", "--dataset", "musdb18", "--root", str(root), "--out", str(tmp_path / "c2")]) == 2
