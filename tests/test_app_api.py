@@ -38,6 +38,7 @@ def served(tiny_checkpoint, toy_corpus, tmp_path_factory):
     mix, sr = mix_without(lib / "toy_001")
     sf.write(mixes / "mix.wav", mix, sr, subtype="PCM_16")
     os.symlink(secret, mixes / "link.wav")
+    (mixes / "broken.wav").write_bytes(b"RIFF but not really a wave file")
     idx = index_library(lib, tmp / "lib_idx", tiny_checkpoint)
     evil_idx = index_library(evil, tmp / "evil_idx", tiny_checkpoint)
     config = ServeConfig(indexes=[idx, evil_idx], mixes=mixes, uploads=tmp / "uploads", device="cpu")
@@ -120,10 +121,12 @@ def test_query_by_upload_gives_k_candidates_and_aligned_downloads(served):
 
 def test_query_by_a_path_in_the_mixes_folder(served):
     client = served["client"]
-    assert client.get("/api/mixes").json()["mixes"] == ["mix.wav"]  # the symlink out of the folder is not listed
+    assert client.get("/api/mixes").json()["mixes"] == ["broken.wav", "mix.wav"]  # the symlink out is not listed
     job = run_query(client, {"mix": "mix.wav", "instrument": "drums", "k": 3})
     assert job["state"] == "done", job
     assert job["result"]["mix"]["name"] == "mix.wav" and len(job["result"]["results"]) == 3
+    job = run_query(client, {"mix": "broken.wav", "instrument": "drums"})
+    assert job["state"] == "error" and job["error"].startswith("broken.wav:"), job
 
 
 def test_bad_audio_is_refused_naming_the_file(served):

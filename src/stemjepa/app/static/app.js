@@ -52,6 +52,7 @@ function uploadFile(file) {
     xhr.open("POST", `/api/uploads?filename=${encodeURIComponent(file.name)}`);
     xhr.setRequestHeader("Content-Type", "application/octet-stream");
     xhr.upload.onprogress = (e) => e.lengthComputable && showProgress(`uploading ${file.name}`, e.loaded / e.total);
+    xhr.upload.onload = () => showProgress(`checking ${file.name} (decoding it)`, 1);
     xhr.onload = () => {
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
