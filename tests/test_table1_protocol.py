@@ -219,3 +219,13 @@ def test_prepare_defaults_to_the_training_split(tmp_path):
     assert main(["prepare", "--dataset", "musdb18hq", "--root", str(root), "--out", str(tmp_path / "all"), "--split", "all",
                  "--jobs", "1", "--no-progress"]) == 0
     assert len(TrainingCache(tmp_path / "all").songs) == 2
+
+
+def test_a_run_inherits_the_training_songs_of_its_init_checkpoint():
+    from stemjepa.data.provenance import training_songs
+
+    phase1 = training_songs([{"id": "Track00001", "dataset": "slakh2100"}, {"id": "A - One", "dataset": "musdb18hq"}])
+    phase2 = training_songs([{"id": "Track00002", "dataset": "slakh2100"}], inherited=phase1)
+    assert phase2["slakh2100"]["ids"] == ["Track00001", "Track00002"] and phase2["slakh2100"]["n"] == 2
+    assert phase2["musdb18"]["ids"] == ["A - One"]  # MUSDB18 and MUSDB18-HQ are one family
+    assert phase2["slakh2100"]["digest"] != phase1["slakh2100"]["digest"]

@@ -296,9 +296,9 @@ def load_songs(dataset: str, root, split: str | None = None) -> tuple[list[Song]
     """Songs of `dataset` at `root` restricted to `split` (None: the dataset's evaluation split). Returns (songs, split, problems)."""
     problems: list[tuple[str, str]] = []
     try:
-        from ..data.datasets import default_eval_split, load_dataset
+        from ..data.datasets import load_dataset
     except ImportError:  # loaders not available in this build: the generic folder format only
-        load_dataset = default_eval_split = None
+        load_dataset = None
     if load_dataset is not None:
         split = split or default_split(dataset)
         songs = load_dataset(dataset, root, None if split == "all" else split, problems)
