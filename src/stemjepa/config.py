@@ -77,6 +77,12 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    # Not in the paper (off in the paper configs): subtract from every pooled embedding the mean of its side (queries:
+    # mixes or predictions; references: isolated stems), kept as running means of the training batches. Phase 1 computes
+    # InfoNCE on batch-centred embeddings. Without it the pooled ViT output is dominated by one vector shared by every
+    # input (pairwise cosine 0.99) and phase 1 sits on the ln(B) plateau; see README "Training that learns".
+    center_embeddings: bool = False
+    center_momentum: float = 0.02  # weight of each training batch in the running means
 
 
 @dataclass

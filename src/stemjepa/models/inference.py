@@ -72,15 +72,18 @@ class InferenceMixin:
             sums.append(torch.einsum("bftd,bt->bd", z, mask).cpu().numpy())
         sums = np.concatenate(sums)
         counts = all_valid * self.encoder.grid[0]
+        center = 0.0
+        if self.center_embeddings:
+            center = (self.query_center if labels is not None else self.reference_center).float().cpu().numpy()
         out = []
         for i in range(len(waves)):
             sel = owners == i
             s, c = sums[sel], counts[sel]
             out.append(TrackEmbedding(
-                chunks=(s / c[:, None]).astype(np.float32),
+                chunks=(s / c[:, None] - center).astype(np.float32),
                 offsets=(np.arange(sel.sum()) * self.chunk_samples / self.sample_rate).astype(np.float32),
                 weights=all_valid[sel].astype(np.float32),
-                vector=(s.sum(0) / c.sum()).astype(np.float32),
+                vector=(s.sum(0) / c.sum() - center).astype(np.float32),
             ))
         return out
 

@@ -44,6 +44,11 @@ class StemJEPA(InferenceMixin, nn.Module):
             self.predictor = Predictor(d, self.conditioner.dim, p.hidden_dim, p.num_layers, p.conditioning, p.final_norm)
         else:
             raise ValueError(f"phase must be 1 or 2, not {cfg.phase}")
+        self.center_embeddings = mcfg.center_embeddings
+        if self.center_embeddings:  # running means of pooled query (mix / prediction) and reference (stem) embeddings
+            self.register_buffer("query_center", torch.zeros(d))
+            self.register_buffer("reference_center", torch.zeros(d))
+            self.register_buffer("center_updates", torch.zeros((), dtype=torch.long))
         self._model_id: str | None = None
 
     # --- training-time pieces ------------------------------------------------------------------------------------------
@@ -60,6 +65,15 @@ class StemJEPA(InferenceMixin, nn.Module):
         """Predicted target tokens (Eq. 2) for context tokens z (B, ..., d) and the target instruments' labels."""
         return self.predictor(z, self.condition(labels))
 
+    @torch.no_grad()
+    def update_centers(self, queries: torch.Tensor, references: torch.Tensor) -> None:
+        """Move the running means towards this batch's pooled (B, d) query and reference embeddings."""
+        # weight 1/(n+1) until it falls to the momentum: the exact mean of the first batches, then a running mean
+        weight = (1.0 / (self.center_updates + 1).float()).clamp(min=self.cfg.model.center_momentum)
+        self.query_center.lerp_(queries.detach().float().mean(0), weight)
+        self.reference_center.lerp_(references.detach().float().mean(0), weight)
+        self.center_updates += 1
+
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(min=self.cfg.contrastive.temperature_min)
 
@@ -75,6 +89,8 @@ class StemJEPA(InferenceMixin, nn.Module):
             key = f"frontend.{name}"
             if key in other_state:
                 getattr(self.frontend, name).copy_(other_state[key])
+        if self.center_embeddings and "reference_center" in other_state:  # same encoder, same reference side
+            self.reference_center.copy_(other_state["reference_center"])
 
     @property
     def model_id(self) -> str:

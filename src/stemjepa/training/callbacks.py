@@ -1,13 +1,18 @@
-"""Training callbacks: throughput measurement and per-rank weight digests (to check that DDP ranks agree)."""
+"""Training callbacks: throughput measurement, learning/collapse monitor, per-rank weight digests (DDP ranks agree)."""
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+
+from ..models.diagnostics import COLLAPSE_SPREAD
+
+log = logging.getLogger(__name__)
 
 
 class Throughput(L.Callback):
@@ -67,3 +72,44 @@ class RankDigest(L.Callback):
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "step": trainer.global_step,
                   "digest": weight_digest(pl_module.model)}
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class LearningMonitor(L.Callback):
+    """Watches the diagnostics that the module logs (in-batch top-1, spread, RankMe): warns once when the pooled embeddings
+    collapse and gives a one-line verdict at the end of training (`verdict`), so a run that only lowers its loss is not
+    mistaken for one that learns."""
+
+    def __init__(self, batch_size: int, min_step: int = 50):
+        self.chance = 1.0 / max(1, batch_size)
+        self.min_step = min_step
+        self.warned = False
+        self.verdict: str | None = None
+
+    def _read(self, trainer) -> dict:
+        metrics = trainer.callback_metrics
+        return {k: float(metrics[f"train/{k}"]) for k in ("top1", "spread", "rankme", "loss") if f"train/{k}" in metrics}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.warned or trainer.global_step < self.min_step or trainer.global_step % max(1, pl_module.cfg.log_every):
+            return
+        m = self._read(trainer)
+        if "spread" in m and m["spread"] < COLLAPSE_SPREAD:
+            self.warned = True
+            log.warning("step %d: the pooled embeddings are collapsing (spread %.3f < %.2f, RankMe %.1f, in-batch top-1 %.2f, "
+                        "chance %.2f); retrieval from this model will be near chance. See README, 'Training that learns'.",
+                        trainer.global_step, m["spread"], COLLAPSE_SPREAD, m.get("rankme", float("nan")),
+                        m.get("top1", float("nan")), self.chance)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        m = self._read(trainer)
+        if "top1" not in m:
+            return
+        figures = (f"in-batch top-1 {m['top1']:.2f} (chance {self.chance:.2f}), spread {m.get('spread', float('nan')):.2f}, "
+                   f"RankMe {m.get('rankme', float('nan')):.1f}")
+        if m.get("spread", 1.0) < COLLAPSE_SPREAD:
+            state = "COLLAPSED: the embeddings point the same way"
+        elif m["top1"] <= 2 * self.chance:
+            state = "NOT LEARNING: in-batch matching at chance"
+        else:
+            state = "learning"
+        self.verdict = f"training verdict at step {trainer.global_step}: {state} ({figures})"

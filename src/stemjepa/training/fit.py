@@ -164,7 +164,10 @@ def fit(cfg: TrainConfig, opts: FitOptions):
                                     every_n_train_steps=max(1, cfg.checkpoint_every), save_top_k=-1, save_last=True)
     from .songs_record import TrainingSongsRecord
 
-    callbacks = [checkpointing, TrainingSongsRecord(training_songs(cache.songs, inherited)), *opts.callbacks]
+    from .callbacks import LearningMonitor
+
+    monitor = LearningMonitor(cfg.data.batch_size)
+    callbacks = [checkpointing, monitor, TrainingSongsRecord(training_songs(cache.songs, inherited)), *opts.callbacks]
     if os.environ.get("STEMJEPA_RANK_DIGESTS"):  # used by the DDP test: each rank reports the digest of its weights
         from .callbacks import RankDigest
 
@@ -199,4 +202,6 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         raise WriteError(getattr(exc, "filename", None) or run_dir, exc) from None
     if trainer.is_global_zero:
         log.info("trained %d steps in %.1f s", trainer.global_step, time.time() - started)
+        if monitor.verdict:
+            print(monitor.verdict, flush=True)
     return last

@@ -7,6 +7,7 @@ import torch
 from ..config import TrainConfig, to_dict
 from ..data.sampling import mix_context
 from ..models.checkpoint import FORMAT_VERSION
+from ..models.diagnostics import embedding_stats, in_batch_top1
 from ..models.ema import ema_tau, ema_update
 from ..models.losses import info_nce, jepa_loss
 from ..models.stemjepa import StemJEPA
@@ -62,22 +63,38 @@ class StemJEPAModule(L.LightningModule):
             if self.trainer.world_size > 1:  # Eq. 1 over the global batch: every rank sees the other ranks' negatives
                 s = self.all_gather(s, sync_grads=True).flatten(0, 1)
                 s_bar = self.all_gather(s_bar, sync_grads=True).flatten(0, 1)
+            if self.model.center_embeddings:  # InfoNCE on batch-centred embeddings, running means kept for inference
+                self.model.update_centers(s, s_bar)
+                s, s_bar = s - s.mean(0), s_bar - s_bar.mean(0)
             temperature = self.model.temperature()
             loss = info_nce(s, s_bar, temperature, self.cfg.contrastive.symmetric)
-            return loss, {"temperature": temperature.detach()}
+            return loss, {"temperature": temperature.detach(), **self._diagnostics(s, s_bar)}
         z = self.model.encode(context)
         with torch.no_grad():
             z_bar = self.model.encode(target, target=True)
         pred = self.model.predict(z, list(batch["label"]))
         loss = jepa_loss(pred, z_bar, self.cfg.jepa.loss_reduction, self.cfg.jepa.standardize_targets)
-        return loss, {}
+        pooled_pred, pooled_target = pred.float().mean(dim=(1, 2)), z_bar.float().mean(dim=(1, 2))
+        if self.model.center_embeddings:
+            self.model.update_centers(pooled_pred, pooled_target)
+            pooled_pred, pooled_target = pooled_pred - self.model.query_center, pooled_target - self.model.reference_center
+        return loss, self._diagnostics(pooled_pred, pooled_target)
+
+    def _diagnostics(self, queries: torch.Tensor, keys: torch.Tensor) -> dict:
+        """Learning and collapse diagnostics of the pooled embeddings of a batch, on logging steps only: in-batch top-1
+        (query -> its own key among the batch; chance 1/B), and the spread, per-dimension std and effective rank (RankMe) of
+        the L2-normalised keys (the side a retrieval pool stores)."""
+        if not self._log_now() or len(keys) < 2:
+            return {}
+        stats = embedding_stats(keys.detach())
+        return {"top1": in_batch_top1(queries, keys), "spread": stats.spread, "std": stats.std, "rankme": stats.rankme}
 
     def training_step(self, batch, batch_idx):
         loss, extra = self.compute_loss(batch)
         bs = batch["target"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for k, v in extra.items():
-            self.log(f"train/{k}", v, batch_size=bs)
+            self.log(f"train/{k}", v, batch_size=bs, prog_bar=k in ("top1", "rankme"))
         if self._log_now():  # a Python float logged on CUDA is a blocking copy: only when it is written
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         return loss
