@@ -10,7 +10,6 @@ SQLite runs in WAL mode so that queries read while an update writes.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StemJepaError
-from ..fsutil import atomic_write, fsync_dir  # noqa: F401 - re-exported for older imports
 
 FORMAT_VERSION = 1
 DB_NAME = "index.sqlite"
