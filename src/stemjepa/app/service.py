@@ -94,8 +94,8 @@ class Engine:
                 if shared is None:  # share one loaded model between indexes built with the same checkpoint
                     ckpt = str(index.store.get("checkpoint"))
                     if ckpt in models:
-                        index._check_model(models[ckpt], ckpt)
-                        index._model = models[ckpt]
+                        index.close()
+                        index = StemIndex.open(folder, model=models[ckpt], device=config.device)
                     models[ckpt] = index.model  # loads now: a missing checkpoint is refused at start
                 name = self._unique_name(folder.resolve().name or "index")
                 paths = index.store.live_stats(index.generation).keys()
