@@ -44,28 +44,9 @@ def last_logged(run: Path) -> dict:
     return {k: out[k] for k in ("loss", "top1", "spread", "rankme") if k in out}
 
 
-def pool_stats(ckpt: Path, songs) -> dict:
-    """Collapse diagnostics of the evaluation pool (what an index of the held-out stems would store)."""
-    import numpy as np
-    import torch
-
-    from stemjepa.audio.io import load_audio
-    from stemjepa.models import load_model
-    from stemjepa.models.diagnostics import embedding_stats, is_collapsed
-
-    model = load_model(str(ckpt), device="cpu")
-    waves = [load_audio(st.path, model.sample_rate) for song in songs for st in song.stems]
-    waves = [w for w in waves if float(np.sqrt(np.mean(np.square(w)))) > 1e-4]
-    vecs = np.stack([t.vector for t in model.embed_many(waves)])
-    stats = embedding_stats(torch.from_numpy(vecs))
-    return {"pool_spread": round(stats.spread, 3), "pool_rankme": round(stats.rankme, 1),
-            "pool_median_cosine": round(stats.median_cosine, 3), "pool_collapsed": is_collapsed(stats)}
-
-
 def run_arm(arm: str, seed: int, args, p1_ckpt: Path | None) -> tuple[Path, dict]:
     from stemjepa.config import load_config
     from stemjepa.data.multitrack import read_folder
-    from stemjepa.evaluation.metrics import chance_metrics
     from stemjepa.evaluation.retrieval import evaluate_retrieval
     from stemjepa.training.fit import FitOptions, fit
 
@@ -76,18 +57,29 @@ def run_arm(arm: str, seed: int, args, p1_ckpt: Path | None) -> tuple[Path, dict
         return last, json.loads(result_file.read_text())
     config, steps, overrides = ((args.phase1_config, args.phase1_steps, args.p1) if arm == "a"
                                 else (args.phase2_config, args.phase2_steps, args.p2))
-    cfg = load_config(config, [f"max_steps={steps}", f"seed={seed}", "data.num_workers=1", *overrides])
-    t0 = time.time()
-    last = fit(cfg, FitOptions(data=args.train, out=str(run), init=str(p1_ckpt) if arm == "c" else None, device="cpu",
-                               progress=False, overwrite=True))
-    train_s = time.time() - t0
+    timing = run / "train_seconds.json"
+    if last.is_file() and timing.is_file():  # trained, not yet evaluated
+        train_s = json.loads(timing.read_text())["seconds"]
+    else:
+        cfg = load_config(config, [f"max_steps={steps}", f"seed={seed}", "data.num_workers=1", *overrides])
+        t0 = time.time()
+        last = fit(cfg, FitOptions(data=args.train, out=str(run), init=str(p1_ckpt) if arm == "c" else None, device="cpu",
+                                   progress=False, overwrite=True))
+        train_s = time.time() - t0
+        timing.write_text(json.dumps({"seconds": train_s}))
     songs, _ = read_folder(args.test)
-    m = evaluate_retrieval(str(last), songs, "fine", run / "eval", dataset="folder", split="held-out", cache_dir=False,
-                           overwrite=True, progress=False)
-    chance = chance_metrics(m["n_pool"])
+    m = evaluate_retrieval(str(last), songs, "fine", run / "eval", dataset="folder", split="held-out", cache_dir=run / "cache",
+                           overwrite=True, progress=False, distance="cosine")
+    paper = evaluate_retrieval(str(last), songs, "fine", run / "eval-l2", dataset="folder", split="held-out",
+                               cache_dir=run / "cache", overwrite=True, progress=False, distance="l2")
+    pool = m["pool_diagnostics"]
     result = {"arm": arm, "seed": seed, "steps": steps, "train_seconds": round(train_s, 1), "n_pool": m["n_pool"],
-              **{k: round(m[k], 2) for k in METRICS}, **{f"chance {k}": round(chance[k], 2) for k in METRICS if k in chance},
-              **{f"train {k}": round(v, 3) for k, v in last_logged(run).items()}, **pool_stats(last, songs),
+              "distance": m["distance"], **{k: round(m[k], 2) for k in METRICS},
+              **{f"l2 {k}": round(paper[k], 2) for k in METRICS},
+              **{f"chance {k}": round(m["chance"][k], 2) for k in METRICS},
+              **{f"train {k}": round(v, 3) for k, v in last_logged(run).items()},
+              "pool_spread": round(pool["spread"], 3), "pool_rankme": round(pool["rankme"], 1),
+              "pool_median_cosine": round(pool["median_cosine"], 3), "pool_collapsed": pool["collapsed"],
               "overrides": overrides}
     result_file.write_text(json.dumps(result, indent=1))
     return last, result
@@ -103,7 +95,7 @@ def render_corpus(out: Path, train_songs: int, test_songs: int, seconds: float) 
 
 
 def summary(results: list[dict]) -> str:
-    cols = ["R@1", "R@5", "R@10", "norm_rank_median", "train_seconds", "train top1", "train rankme", "pool_median_cosine",
+    cols = ["R@1", "R@5", "R@10", "norm_rank_median", "l2 R@1", "l2 R@10", "train_seconds", "train top1", "train rankme", "pool_median_cosine",
             "pool_rankme"]
     head = "| arm | seeds | " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
@@ -124,7 +116,8 @@ def summary(results: list[dict]) -> str:
         lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     r0 = results[0]
     chance = ", ".join(f"{k} {r0[f'chance {k}']:.1f}" for k in METRICS if f"chance {k}" in r0)
-    return "\n".join(lines) + f"\n\nChance (pool of {r0['n_pool']} stems): {chance} (percent)."
+    return "\n".join(lines) + (f"\n\nChance (pool of {r0['n_pool']} stems, ranked by {r0['distance']} distance): {chance} "
+                                "(percent).")
 
 
 def main() -> None:

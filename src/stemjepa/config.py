@@ -218,6 +218,7 @@ RANGES = {
     "model.encoder.patch_size": _positive, "model.encoder.mlp_ratio": _positive, "model.encoder.chunk_seconds": _positive,
     "model.conditioning.text_dim": _positive, "model.conditioning.class_dim": _positive,
     "model.predictor.num_layers": _positive, "model.predictor.hidden_dim": _positive,
+    "model.center_momentum": lambda v: 0 < v <= 1,
 }
 _RANGE_TEXT = {"optim.betas": "two values in [0, 1)"}
 
