@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+# the demo ranks by cosine, as the stem index does (the paper's L2 is `stemjepa eval retrieval`'s default)
+DISTANCE = "cosine"
 # instruments that only the held-out songs play: their category is known from training, the instrument itself is not
 HELD_OUT = ("alto saxophone", "violin", "rhodes electric piano")
 
@@ -27,15 +29,15 @@ HELD_OUT = ("alto saxophone", "violin", "rhodes electric piano")
 @dataclass
 class DemoConfig:
     out: Path = Path("demo_out")
-    minutes: float = 8.0  # budget for the whole job (training gets what the other stages leave)
-    train_songs: int = 64
+    minutes: float = 10.0  # budget for the whole job (training gets what the other stages leave)
+    train_songs: int = 128
     test_songs: int = 12
     seconds: float = 16.0
     seed: int = 0
     jobs: int = 2
     held_out: tuple[str, ...] = HELD_OUT
-    phase1_steps: int = 200
-    phase2_steps: int = 800
+    phase1_steps: int = 300
+    phase2_steps: int = 300
     batch_size: int = 24
     progress: bool = True
     timings: dict = field(default_factory=dict)
@@ -77,7 +79,7 @@ def _train(cfg: DemoConfig, config: str, run: Path, steps: int, seconds: float, 
     return last
 
 
-def _curves(runs: dict[str, Path], path: Path) -> None:
+def _curves(runs: dict[str, Path], path: Path, batch_size: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,18 +87,27 @@ def _curves(runs: dict[str, Path], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.2))
     for ax, (title, run) in zip(np.atleast_1d(axes), runs.items()):
-        steps, losses = [], []
+        steps, losses, top_steps, top1 = [], [], [], []
         for f in sorted((run / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
             with open(f) as fh:
                 for row in csv.DictReader(fh):
                     if row.get("train/loss"):
                         steps.append(int(row["step"]))
                         losses.append(float(row["train/loss"]))
+                    if row.get("train/top1"):
+                        top_steps.append(int(row["step"]))
+                        top1.append(float(row["train/top1"]))
         ax.plot(steps, losses, lw=1.2)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
+        if top1:  # learning, not only a falling loss: in-batch matching against chance
+            ax2 = ax.twinx()
+            ax2.plot(top_steps, np.convolve(top1, np.ones(5) / 5, mode="same"), color="tab:orange", lw=1.2)
+            ax2.axhline(1.0 / batch_size, color="tab:orange", ls=":", lw=1)
+            ax2.set_ylabel("in-batch top-1 (dotted: chance)", color="tab:orange")
+            ax2.set_ylim(0, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -143,7 +154,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     train_seconds = max(60.0, 0.8 * left - 30)
     runs = {"contrastive baseline (phase 1)": out / "runs" / "phase1", "full model (phase 2, FiLM)": out / "runs" / "phase2"}
     with _Stage(cfg, "2/5 training: phase 1 (contrastive) then phase 2 (JEPA, FiLM on MiniLM text embeddings)"):
-        p1 = _train(cfg, "tiny_phase1", runs["contrastive baseline (phase 1)"], cfg.phase1_steps, 0.3 * train_seconds, train_dir)
+        p1 = _train(cfg, "tiny_phase1", runs["contrastive baseline (phase 1)"], cfg.phase1_steps, 0.5 * train_seconds, train_dir)
         p2 = _train(cfg, "tiny", runs["full model (phase 2, FiLM)"], cfg.phase2_steps,
                     train_seconds - (time.time() - started - (budget - left)), train_dir, init=p1)
 
@@ -158,7 +169,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 d = out / "eval" / f"{name.replace(' ', '_')}-{cond}"
                 metrics[(name, cond)] = evaluate_retrieval(str(ckpt), songs, cond, d, dataset="folder", split="held-out",
                                                            cache_dir=out / "eval" / "cache", name=name, overwrite=True,
-                                                           progress=cfg.progress)
+                                                           progress=cfg.progress, distance=DISTANCE)
         table = compare_table(sorted((out / "eval").glob("*-fine")) + sorted((out / "eval").glob("*-coarse")))
 
     from .search import StemIndex, build_index
@@ -184,7 +195,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 save_audio(mix_path, mix / max(1.0, float(np.abs(mix).max()) / 0.95), 16000)
                 text = target.labels[-1] if target.labels else "music"
                 results = index.query(str(mix_path), text, k=5)
-                rows = [{"rank": r.rank, "score": round(r.score, 3), "path": r.path, "offset": r.offset,
+                rows = [{"rank": r.rank, "score": round(r.score, 2), "cosine": round(r.cosine, 3), "path": r.path, "offset": r.offset,
                          "right_stem": Path(r.path).resolve() == Path(target.path).resolve(),
                          "same_song": Path(r.path).resolve().parent == Path(target.path).resolve().parent} for r in results]
                 examples.append({"song": song.id, "mix": str(mix_path), "instrument": text, "truth": str(target.path),
@@ -192,11 +203,12 @@ def run_demo(cfg: DemoConfig) -> dict:
                 print(f"\n   Which {text!r} fits {mix_path.name}?" + ("  (zero-shot: never heard in training)" if examples[-1]["zero_shot"] else ""))
                 for r in rows:
                     mark = "RIGHT STEM" if r["right_stem"] else ("same song" if r["same_song"] else "")
-                    print(f"    {r['rank']}. {r['score']:.3f}  {Path(r['path']).parent.name}/{Path(r['path']).name:<28} {mark}")
+                    print(f"    {r['rank']}. {r['score']:+5.1f} sd  {Path(r['path']).parent.name}/{Path(r['path']).name:<28} {mark}")
 
     with _Stage(cfg, "5/5 report"):
-        _curves(runs, out / "training_curves.png")
-        result = {"metrics": {f"{n} / {c}": {k: m[k] for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median", "top1_k64", "n_queries", "n_pool")}
+        _curves(runs, out / "training_curves.png", cfg.batch_size)
+        result = {"metrics": {f"{n} / {c}": {**{k: m[k] for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median", "top1_k64", "n_queries", "n_pool", "chance", "distance")},
+                                             "pool_diagnostics": m.get("pool_diagnostics")}
                               for (n, c), m in metrics.items()},
                   "examples": examples, "timings_s": cfg.timings, "held_out": list(cfg.held_out),
                   "checkpoints": {"phase1": str(p1), "phase2": str(p2)}}
@@ -208,11 +220,19 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _print_summary(metrics: dict, out: Path, total: float) -> None:
+    from .evaluation.report import protocol_note
+
     print("\n" + "=" * 78)
     print(f"stemjepa demo: retrieval on held-out songs (percent; this run, {total / 60:.1f} min)")
-    print(f"{'model':<24}{'labels':<8}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'mean rank':>11}{'median rank':>13}")
+    print(f"{'model':<24}{'labels':<8}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'mean rank':>11}{'median rank':>13}  pool median cos")
     for (name, cond), m in metrics.items():
-        print(f"{name:<24}{cond:<8}{m['R@1']:>7.1f}{m['R@5']:>7.1f}{m['R@10']:>7.1f}{m['norm_rank_mean']:>11.1f}{m['norm_rank_median']:>13.1f}")
+        pool = m.get("pool_diagnostics") or {}
+        flag = "  COLLAPSED" if pool.get("collapsed") else ""
+        print(f"{name:<24}{cond:<8}{m['R@1']:>7.1f}{m['R@5']:>7.1f}{m['R@10']:>7.1f}{m['norm_rank_mean']:>11.1f}"
+              f"{m['norm_rank_median']:>13.1f}  {pool.get('median_cosine', float('nan')):.3f}{flag}")
+    c = next(iter(metrics.values()))["chance"]
+    print(f"{'chance':<32}{c['R@1']:>7.1f}{c['R@5']:>7.1f}{c['R@10']:>7.1f}{c['norm_rank_mean']:>11.1f}{c['norm_rank_median']:>13.1f}")
+    print(protocol_note(next(iter(metrics.values()))))
     print(f"report: {out / 'report.html'} (and report.md)")
 
 
@@ -221,6 +241,8 @@ def _rel(path, root: Path) -> str:
 
 
 def _write_reports(out: Path, cfg: DemoConfig, table: str, metrics: dict, examples: list) -> None:
+    from .evaluation.report import protocol_note
+
     fig2 = out / "eval" / "full_model-fine" / "fig2.png"
     shutil.copyfile(fig2, out / "fig2_full_model_fine.png")
     md = ["# stemjepa demo report", "",
@@ -241,7 +263,12 @@ def _write_reports(out: Path, cfg: DemoConfig, table: str, metrics: dict, exampl
 
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{c}</td>"
                    + "".join(f"<td>{cell(m.get(k))}</td>" for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median", "top1_k64"))
-                   + f"<td>{m['n_queries']}</td></tr>" for (n, c), m in metrics.items())
+                   + f"<td>{m['n_queries']}</td><td>{(m.get('pool_diagnostics') or {}).get('median_cosine', float('nan')):.3f}"
+                   + (" COLLAPSED" if (m.get("pool_diagnostics") or {}).get("collapsed") else "") + "</td></tr>"
+                   for (n, c), m in metrics.items())
+    chance = next(iter(metrics.values()))["chance"]
+    rows += ("<tr><td><i>chance</i></td><td></td>" + "".join(f"<td>{cell(chance.get(k))}</td>" for k in
+             ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median")) + "<td></td><td></td><td></td></tr>")
     players = []
     for ex in examples:
         items = [f"<p><b>Query mix</b> {html.escape(Path(ex['mix']).name)}, instrument <i>{html.escape(ex['instrument'])}</i>"
@@ -251,7 +278,8 @@ def _write_reports(out: Path, cfg: DemoConfig, table: str, metrics: dict, exampl
                  f"<audio controls src='{_rel(ex['truth'], out)}'></audio></p><ol>"]
         for r in ex["results"][:3]:
             tag = " <b>(right stem)</b>" if r["right_stem"] else (" (same song)" if r["same_song"] else "")
-            items.append(f"<li>{html.escape(Path(r['path']).parent.name + '/' + Path(r['path']).name)} score {r['score']:.3f}{tag}"
+            items.append(f"<li>{html.escape(Path(r['path']).parent.name + '/' + Path(r['path']).name)} score {r['score']:+.1f} sd "
+                         f"(cosine {r['cosine']:.3f}){tag}"
                          f"<br><audio controls src='{_rel(r['path'], out)}'></audio></li>")
         players.append("<div class='ex'>" + "".join(items) + "</ol></div>")
     timings = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in cfg.timings.items())
@@ -261,7 +289,8 @@ td:first-child,td:nth-child(2){{text-align:left}}.ex{{border:1px solid #ddd;padd
 <h1>stemjepa demo</h1>
 <p>{cfg.train_songs} synthetic training songs without <i>{html.escape(', '.join(cfg.held_out))}</i>; {cfg.test_songs} held-out songs
 that contain them. Metrics measured by this run on the held-out songs (percent; ranks normalised by the pool size).</p>
-<table><tr><th>model</th><th>labels</th><th>R@1</th><th>R@5</th><th>R@10</th><th>mean rank</th><th>median rank</th><th>top-1 of 64</th><th>queries</th></tr>{rows}</table>
+<table><tr><th>model</th><th>labels</th><th>R@1</th><th>R@5</th><th>R@10</th><th>mean rank</th><th>median rank</th><th>top-1 of 64</th><th>queries</th><th>pool median cosine</th></tr>{rows}</table>
+<p>{html.escape(protocol_note(next(iter(metrics.values()))))}</p>
 <h2>Instrument analysis (full model, fine labels, as Fig. 2)</h2><img src="fig2_full_model_fine.png" style="max-width:100%">
 <h2>Training curves</h2><img src="training_curves.png" style="max-width:100%">
 <h2>Which stem fits this mix?</h2>{''.join(players)}

@@ -11,12 +11,17 @@ def add_parser(subparsers) -> None:
                                           "and write a report. Re-running reuses what exists.",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder")
-    p.add_argument("--minutes", type=float, default=8.0, help="time budget for the whole job (installation not included)")
-    p.add_argument("--train-songs", type=int, default=64)
-    p.add_argument("--test-songs", type=int, default=12)
-    p.add_argument("--seconds", type=float, default=16.0, help="length of each synthetic song")
-    p.add_argument("--phase1-steps", type=int, default=200, help="phase-1 training steps (the time budget may stop earlier)")
-    p.add_argument("--phase2-steps", type=int, default=800, help="phase-2 training steps (the time budget may stop earlier)")
+    from ..demo import DemoConfig
+
+    d = DemoConfig()  # one set of defaults, the demo's own
+    p.add_argument("--minutes", type=float, default=d.minutes, help="time budget for the whole job (installation not included)")
+    p.add_argument("--train-songs", type=int, default=d.train_songs)
+    p.add_argument("--test-songs", type=int, default=d.test_songs)
+    p.add_argument("--seconds", type=float, default=d.seconds, help="length of each synthetic song")
+    p.add_argument("--phase1-steps", type=int, default=d.phase1_steps,
+                   help="phase-1 training steps (the time budget may stop earlier)")
+    p.add_argument("--phase2-steps", type=int, default=d.phase2_steps,
+                   help="phase-2 training steps (the time budget may stop earlier)")
     p.add_argument("--jobs", type=int, default=2, help="processes for rendering the corpus")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
