@@ -108,11 +108,10 @@ def summary(results: list[dict]) -> str:
             vals = [r[c] for r in rs if c in r]
             if not vals:
                 cells.append("")
-            elif len(vals) == 1:
-                cells.append(f"{vals[0]:.3g}" if isinstance(vals[0], float) and abs(vals[0]) < 10 else f"{vals[0]:.1f}")
             else:
-                cells.append(f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" if c != "pool_median_cosine"
-                             else f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}")
+                digits = 2 if c in ("train top1", "pool_median_cosine") else 1
+                sd = f" ± {statistics.stdev(vals):.{digits}f}" if len(vals) > 1 else ""
+                cells.append(f"{statistics.mean(vals):.{digits}f}{sd}")
         lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     r0 = results[0]
     chance = ", ".join(f"{k} {r0[f'chance {k}']:.1f}" for k in METRICS if f"chance {k}" in r0)
