@@ -76,7 +76,11 @@ class StemJEPAModule(L.LightningModule):
         loss = jepa_loss(pred, z_bar, self.cfg.jepa.loss_reduction, self.cfg.jepa.standardize_targets)
         pooled_pred, pooled_target = pred.float().mean(dim=(1, 2)), z_bar.float().mean(dim=(1, 2))
         if self.model.center_embeddings:
-            self.model.update_centers(pooled_pred, pooled_target)
+            if self.trainer.world_size > 1:  # the global batch's means, so that every rank keeps the same running means
+                self.model.update_centers(self.all_gather(pooled_pred.detach()).flatten(0, 1),
+                                          self.all_gather(pooled_target).flatten(0, 1))
+            else:
+                self.model.update_centers(pooled_pred, pooled_target)
             pooled_pred, pooled_target = pooled_pred - self.model.query_center, pooled_target - self.model.reference_center
         return loss, self._diagnostics(pooled_pred, pooled_target)
 
