@@ -1,10 +1,22 @@
-"""Embedding whole tracks chunk by chunk (inference side of the model; see docs/ARCHITECTURE.md)."""
+"""Embedding whole tracks chunk by chunk (inference side of the model; see docs/ARCHITECTURE.md).
+
+Chunks of consecutive tracks share forward passes (`iter_tracks`): a library of short one-shots runs full batches, not
+one tiny batch per file, and tracks are handed back in order as soon as their last chunk is done, so a caller can feed
+an iterator of waves decoded in background threads (`prefetch`) and decoding overlaps compute. Reduced precision
+(`precision`: auto, fp32, bf16, fp16) is chosen by models/precision.py.
+"""
 from __future__ import annotations
 
+import itertools
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from .precision import autocast, check_precision, precision_name, resolve_precision
 
 
 @dataclass
@@ -17,6 +29,14 @@ class TrackEmbedding:
     vector: np.ndarray  # (d,) mean of all valid patch embeddings
 
 
+def valid_patches(n_samples: int, chunk_samples: int, patch_samples: int) -> np.ndarray:
+    """Per chunk of a wave of n_samples, the number of time patches that hold real audio (at least 1)."""
+    n = max(1, -(-n_samples // chunk_samples))
+    t_max = chunk_samples // patch_samples
+    rest = np.minimum(chunk_samples, n_samples - np.arange(n) * chunk_samples)
+    return np.clip(-(-rest // patch_samples), 1, t_max).astype(np.int64)
+
+
 def split_chunks(wave: np.ndarray, chunk_samples: int, patch_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """Cut a mono wave into chunk_samples pieces, padding the last (and any too-short input) with silence.
 
@@ -26,79 +46,172 @@ def split_chunks(wave: np.ndarray, chunk_samples: int, patch_samples: int) -> tu
     n = max(1, -(-len(wave) // chunk_samples))
     padded = np.zeros(n * chunk_samples, dtype=np.float32)
     padded[: len(wave)] = wave
-    t_max = chunk_samples // patch_samples
-    valid = np.array([min(t_max, max(1, -(-(min(chunk_samples, len(wave) - i * chunk_samples)) // patch_samples)))
-                      for i in range(n)])
-    return padded.reshape(n, chunk_samples), valid
+    return padded.reshape(n, chunk_samples), valid_patches(len(wave), chunk_samples, patch_samples)
+
+
+def prefetch(items: Iterable, load: Callable, workers: int = 2, ahead: int = 8) -> Iterator[tuple[object, object]]:
+    """Yield (item, future of load(item)) in order while up to `ahead` loads run in `workers` threads, so that
+    decoding (soundfile, FFmpeg, soxr: they release the GIL) overlaps the model's forward passes."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        it = iter(items)
+        queue = deque((x, pool.submit(load, x)) for x in itertools.islice(it, max(1, ahead)))
+        while queue:
+            item, fut = queue.popleft()
+            for nxt in itertools.islice(it, 1):
+                queue.append((nxt, pool.submit(load, nxt)))
+            yield item, fut
+
+
+class _Track:
+    __slots__ = ("n", "valid", "sums", "done")
+
+    def __init__(self, n_samples: int, chunk_samples: int, patch_samples: int, dim: int):
+        self.valid = valid_patches(n_samples, chunk_samples, patch_samples)
+        self.n = len(self.valid)
+        self.sums = np.empty((self.n, dim), dtype=np.float32)
+        self.done = 0
 
 
 class InferenceMixin:
-    """Methods of StemJEPA used by evaluation, search and the probes. All run without gradients on the model's device."""
+    """Methods of StemJEPA used by evaluation, search and the probes. All run without gradients on the model's device.
+
+    `precision` (auto | fp32 | bf16 | fp16; attribute, or per call) sets the autocast of every forward pass: auto is
+    bf16 on CUDA (fp16 on GPUs without bf16) and on CPUs with native bf16, fp32 on other CPUs (models/precision.py).
+    """
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _autocast(self):
-        dev = self.device.type
-        return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=dev == "cuda")
+    @property
+    def precision(self) -> str:
+        return getattr(self, "_precision", "auto")
+
+    @precision.setter
+    def precision(self, value: str | None) -> None:
+        object.__setattr__(self, "_precision", check_precision(value))
+
+    def set_precision(self, value: str | None):
+        """Set the inference precision (auto, fp32, bf16, fp16); returns the model."""
+        self.precision = value
+        return self
+
+    def autocast_dtype(self, precision: str | None = None) -> torch.dtype | None:
+        """The autocast dtype used on this model's device: None (fp32), torch.bfloat16 or torch.float16."""
+        return resolve_precision(precision or self.precision, self.device)
+
+    def resolved_precision(self, precision: str | None = None) -> str:
+        """'fp32', 'bf16' or 'fp16': what `precision` (default: the model's) means on this model's device."""
+        return precision_name(self.autocast_dtype(precision))
+
+    def _autocast(self, precision: str | None = None):
+        return autocast(self.autocast_dtype(precision), self.device)
 
     @torch.no_grad()
-    def encode_chunks(self, waves: torch.Tensor, target: bool = False) -> torch.Tensor:
+    def encode_chunks(self, waves: torch.Tensor, target: bool = False, precision: str | None = None) -> torch.Tensor:
         """(B, chunk_samples) -> (B, F, T, d) float32 patch grid (context encoder unless `target`)."""
         waves = torch.as_tensor(waves, dtype=torch.float32).to(self.device, non_blocking=True)
-        with self._autocast():
+        with self._autocast(precision):
             return self.encode(waves, target=target).float()
 
-    @torch.no_grad()
-    def _tracks(self, waves: list[np.ndarray], labels: list[str] | None, batch_size: int, target: bool = True) -> list[TrackEmbedding]:
-        pieces = [split_chunks(w, self.chunk_samples, self.patch_samples) for w in waves]
-        owners = np.concatenate([np.full(len(p[0]), i) for i, p in enumerate(pieces)])
-        all_chunks = np.concatenate([p[0] for p in pieces])
-        all_valid = np.concatenate([p[1] for p in pieces])
-        use_predictor = labels is not None and self.has_predictor
-        sums = []
-        for start in range(0, len(all_chunks), batch_size):
-            batch = torch.from_numpy(all_chunks[start:start + batch_size])
-            if use_predictor:
-                z = self.encode_chunks(batch)
-                chunk_labels = [labels[i] for i in owners[start:start + batch_size]]
-                with self._autocast():
-                    z = self.predict(z, chunk_labels).float()
-            else:
-                z = self.encode_chunks(batch, target=target and labels is None)  # references: target encoder; mixes: context encoder
-            valid = torch.from_numpy(all_valid[start:start + batch_size]).to(z.device)
-            mask = (torch.arange(z.shape[2], device=z.device)[None, :] < valid[:, None]).to(z.dtype)  # (b, T)
-            sums.append(torch.einsum("bftd,bt->bd", z, mask).cpu().numpy())
-        sums = np.concatenate(sums)
-        counts = all_valid * self.encoder.grid[0]
+    @torch.no_grad()  # not inference_mode: a new label grows the text table, which must stay a normal tensor
+    def _pooled(self, batch: np.ndarray, valid: np.ndarray, labels: list[str] | None, target: bool,
+                dtype: torch.dtype | None) -> np.ndarray:
+        """Masked sums (b, d) over the valid time patches of one batch of chunks (all frequency rows)."""
+        device = self.device
+        waves = torch.from_numpy(batch).to(device)
+        with autocast(dtype, device):
+            if labels is not None and self.has_predictor:
+                z = self.predict(self.encode(waves), labels)
+            else:  # references: target encoder; mixes: context encoder
+                z = self.encode(waves, target=target and labels is None)
+        z = z.float()
+        mask = (torch.arange(z.shape[2], device=device)[None, :] < torch.from_numpy(valid).to(device)[:, None])
+        return torch.einsum("bftd,bt->bd", z, mask.to(z.dtype)).cpu().numpy()
+
+    def iter_tracks(self, waves: Iterable[np.ndarray], labels: Iterable[str] | None = None, batch_size: int = 16,
+                    target: bool = True, precision: str | None = None) -> Iterator[TrackEmbedding]:
+        """TrackEmbeddings of `waves` in order, streamed: chunks of consecutive tracks fill batches of `batch_size`
+        chunks, and each track is yielded once its last chunk is done. `waves` may be a lazy iterator (decoding in
+        other threads); `labels` (one per wave) make these query embeddings (predictor, or the mix embedding)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        dtype = self.autocast_dtype(precision)
+        cs, ps, d = self.chunk_samples, self.patch_samples, self.embed_dim
+        f_rows = self.encoder.grid[0]
+        is_query = labels is not None
         center = 0.0
         if self.center_embeddings:
-            center = (self.query_center if labels is not None else self.reference_center).float().cpu().numpy()
-        out = []
-        for i in range(len(waves)):
-            sel = owners == i
-            s, c = sums[sel], counts[sel]
-            out.append(TrackEmbedding(
-                chunks=(s / c[:, None] - center).astype(np.float32),
-                offsets=(np.arange(sel.sum()) * self.chunk_samples / self.sample_rate).astype(np.float32),
-                weights=all_valid[sel].astype(np.float32),
-                vector=(s.sum(0) / c.sum() - center).astype(np.float32),
-            ))
-        return out
+            center = (self.query_center if is_query else self.reference_center).float().cpu().numpy()
+        buf = np.zeros((batch_size, cs), dtype=np.float32)
+        buf_valid = np.zeros(batch_size, dtype=np.int64)
+        owners: list[tuple[_Track, int]] = []
+        buf_labels: list[str] = []
+        pending: deque[_Track] = deque()
 
-    def embed_many(self, waves: list[np.ndarray], batch_size: int = 16, target: bool = True) -> list[TrackEmbedding]:
-        """Reference embeddings of isolated stems (target encoder when the model has one; the context encoder if not `target`)."""
-        return self._tracks(list(waves), None, batch_size, target)
+        def run_batch() -> None:
+            n = len(owners)
+            sums = self._pooled(buf[:n], buf_valid[:n], buf_labels[:n] if is_query else None, target, dtype)
+            for (track, j), s in zip(owners, sums):
+                track.sums[j] = s
+                track.done += 1
+            owners.clear()
+            buf_labels.clear()
 
-    def embed(self, wave: np.ndarray, batch_size: int = 16) -> TrackEmbedding:
-        return self.embed_many([wave], batch_size)[0]
+        def finished() -> Iterator[TrackEmbedding]:
+            while pending and pending[0].done == pending[0].n:
+                t = pending.popleft()
+                counts = (t.valid * f_rows).astype(np.float64)
+                yield TrackEmbedding(
+                    chunks=(t.sums / counts[:, None] - center).astype(np.float32),
+                    offsets=(np.arange(t.n) * cs / self.sample_rate).astype(np.float32),
+                    weights=t.valid.astype(np.float32),
+                    vector=(t.sums.astype(np.float64).sum(0) / counts.sum() - center).astype(np.float32),
+                )
 
-    def query_many(self, mixes: list[np.ndarray], labels: list[str], batch_size: int = 16) -> list[TrackEmbedding]:
+        label_iter = iter(labels) if is_query else itertools.repeat(None)
+        for wave in waves:
+            label = next(label_iter, None)
+            if is_query and label is None:
+                raise ValueError("iter_tracks needs one label per wave")
+            wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+            track = _Track(len(wave), cs, ps, d)
+            pending.append(track)
+            for j in range(track.n):
+                piece = wave[j * cs:(j + 1) * cs]
+                row = len(owners)
+                buf[row, :len(piece)] = piece
+                buf[row, len(piece):] = 0.0
+                buf_valid[row] = track.valid[j]
+                owners.append((track, j))
+                if is_query:
+                    buf_labels.append(label)
+                if len(owners) == batch_size:
+                    run_batch()
+                    yield from finished()
+        if owners:
+            run_batch()
+        yield from finished()
+
+    def _tracks(self, waves: list[np.ndarray], labels: list[str] | None, batch_size: int, target: bool = True,
+                precision: str | None = None) -> list[TrackEmbedding]:
+        return list(self.iter_tracks(waves, labels, batch_size, target, precision))
+
+    def embed_many(self, waves: Sequence[np.ndarray], batch_size: int = 16, target: bool = True,
+                   precision: str | None = None) -> list[TrackEmbedding]:
+        """Reference embeddings of isolated stems (target encoder when the model has one; the context encoder if not
+        `target`). Chunks of all the waves share batches of `batch_size`; `precision` overrides the model's."""
+        return self._tracks(list(waves), None, batch_size, target, precision)
+
+    def embed(self, wave: np.ndarray, batch_size: int = 16, precision: str | None = None) -> TrackEmbedding:
+        return self.embed_many([wave], batch_size, precision=precision)[0]
+
+    def query_many(self, mixes: Sequence[np.ndarray], labels: Sequence[str], batch_size: int = 16,
+                   precision: str | None = None) -> list[TrackEmbedding]:
         """Predicted target embeddings for mixes conditioned on instrument labels (the mix embedding without a predictor)."""
         if len(mixes) != len(labels):
             raise ValueError("query_many needs one label per mix")
-        return self._tracks(list(mixes), list(labels), batch_size)
+        return self._tracks(list(mixes), list(labels), batch_size, precision=precision)
 
-    def query(self, mix: np.ndarray, label: str, batch_size: int = 16) -> TrackEmbedding:
-        return self.query_many([mix], [label], batch_size)[0]
+    def query(self, mix: np.ndarray, label: str, batch_size: int = 16, precision: str | None = None) -> TrackEmbedding:
+        return self.query_many([mix], [label], batch_size, precision=precision)[0]
