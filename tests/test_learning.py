@@ -95,3 +95,56 @@ def test_phase1_learns_to_match_context_and_target(tmp_path):
     chance = 1 / 8
     assert np.mean(top1[-3:]) > 3 * chance, top1
     assert spread[-1] > 0.2, spread
+
+
+def _phase2_module(overrides):
+    import lightning as L
+
+    from stemjepa.config import load_config
+    from stemjepa.training.module import StemJEPAModule
+
+    cfg = load_config("tiny", ["model.encoder.depth=1", "model.conditioning.kind=classes", "model.conditioning.class_dim=16",
+                               "model.predictor.num_layers=2", *overrides])
+    module = StemJEPAModule(cfg)
+    module.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                               enable_checkpointing=False)
+    return module
+
+
+def _batch(model, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    samples = model.chunk_samples
+    owner = torch.tensor([0, 0, 1, 2, 2, 2, 3])  # sample 1 and 3 have a one-stem mix
+    return {"context": 0.1 * torch.randn(len(owner), samples, generator=g), "owner": owner, "gains": torch.ones(len(owner)),
+            "target": 0.1 * torch.randn(n, samples, generator=g), "label": ["bass", "drums", "vocals", "other"]}
+
+
+def test_phase2_contrastive_term_is_infonce_of_batch_centred_pooled_prediction_and_target():
+    """jepa.contrastive_weight adds w * InfoNCE(pooled prediction, pooled EMA target) to Eq. 3, both batch-centred."""
+    from stemjepa.data.sampling import mix_context
+    from stemjepa.models.losses import info_nce, jepa_loss
+
+    module = _phase2_module(["jepa.contrastive_weight=0.5", "jepa.contrastive_temperature=0.2"])
+    batch = _batch(module.model)
+    loss, _ = module.compute_loss(batch)
+    with torch.no_grad():
+        model = module.model
+        context = mix_context(batch["context"], batch["owner"], batch["gains"], 4)
+        pred = model.predict(model.encode(context), batch["label"])
+        z_bar = model.encode(batch["target"], target=True)
+        eq3 = jepa_loss(pred, z_bar, "mean", True)
+        q, k = pred.mean(dim=(1, 2)), z_bar.mean(dim=(1, 2))
+        expected = eq3 + 0.5 * info_nce(q - q.mean(0), k - k.mean(0), 0.2)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert loss.item() > eq3.item()
+
+
+def test_context_negative_is_a_stem_of_the_samples_own_mix():
+    module = _phase2_module(["jepa.contrastive_weight=1.0", "contrastive.context_negatives=true"])
+    batch = _batch(module.model)
+    batch["gains"] = torch.tensor([2.0, 1.0, 3.0, 0.5, 1.0, 1.0, 1.0])
+    hard, mask = module._context_negatives(batch)
+    assert mask.tolist() == [True, False, True, False]  # a one-stem mix would be its own negative
+    assert torch.allclose(hard[0], 2.0 * batch["context"][0]) and torch.allclose(hard[2], 0.5 * batch["context"][3])
+    loss, _ = module.compute_loss(batch)
+    assert torch.isfinite(loss)

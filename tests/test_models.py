@@ -74,6 +74,23 @@ def test_info_nce_value_on_hand_made_tensors():
     assert info_nce(3 * s, 0.5 * s_bar, tau).item() == pytest.approx((l0 + l1) / 2, abs=1e-6)
 
 
+def test_info_nce_hard_negative_joins_its_row_only_where_masked_in():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    s_bar = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    hard = torch.tensor([[0.8, 0.6], [1.0, 0.0]])
+    tau = 0.5
+    # row 0 gains the extra logit cos(s_0, hard_0) / tau = 1.6; row 1 is masked out, so it keeps its Eq. 1 value
+    l0 = -math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(1.2) + math.exp(1.6)))
+    l1 = -math.log(math.exp(1.6) / (math.exp(0.0) + math.exp(1.6)))
+    mask = torch.tensor([True, False])
+    assert info_nce(s, s_bar, tau, hard=hard, hard_mask=mask).item() == pytest.approx((l0 + l1) / 2, abs=1e-6)
+    # the column direction of the symmetric loss is Eq. 1's: targets are not contrasted with the hard negatives
+    cols = (-math.log(math.exp(2.0) / (math.exp(2.0) + math.exp(0.0)))
+            - math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))) / 2
+    sym = info_nce(s, s_bar, tau, symmetric=True, hard=hard, hard_mask=mask).item()
+    assert sym == pytest.approx(0.5 * ((l0 + l1) / 2 + cols), abs=1e-6)
+
+
 def test_jepa_loss_equation_3():
     pred = torch.tensor([[[2.0, 0.0], [0.0, 3.0]]])  # one sample, K = 2 tokens
     target = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])

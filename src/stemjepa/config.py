@@ -106,6 +106,9 @@ class ContrastiveConfig:
     temperature_init: float = 0.1
     temperature_min: float = 0.01
     symmetric: bool = False
+    # Not in the paper (off in the paper configs): also contrast each mix against one of the stems it contains (a hard
+    # negative: the benchmark's pool holds every stem of the query's mix, and in-batch negatives come from other songs only).
+    context_negatives: bool = False
 
 
 @dataclass
@@ -116,6 +119,11 @@ class JEPAConfig:
     ema_tau_end: float = 0.99999
     loss_reduction: str = "mean"  # "mean" over tokens (Stem-JEPA code) or "sum" (Eq. 3 as written)
     standardize_targets: bool = True
+    # Not in the paper (0 in the paper configs): weight of an InfoNCE term between the pooled prediction and the pooled
+    # target (in-batch negatives, plus a stem of the mix with contrastive.context_negatives), added to Eq. 3. Eq. 3 alone
+    # lets the pooled prediction carry the instrument and little of the song; see README "Training that learns".
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
 
 
 @dataclass
@@ -208,7 +216,8 @@ RANGES = {
     "optim.betas": lambda v: all(0 <= b < 1 for b in v), "optim.weight_decay": _nonnegative,
     "optim.warmup_steps": _nonnegative, "optim.grad_clip": _nonnegative,
     "contrastive.temperature_init": _positive, "contrastive.temperature_min": _positive,
-    "jepa.ema_tau_start": _fraction, "jepa.ema_tau_end": _fraction,
+    "jepa.ema_tau_start": _fraction, "jepa.ema_tau_end": _fraction, "jepa.contrastive_weight": _nonnegative,
+    "jepa.contrastive_temperature": _positive,
     "data.batch_size": _positive, "data.num_workers": _nonnegative, "data.prefetch_factor": _positive,
     "data.min_active_fraction": _fraction, "data.max_context_stems": _positive, "data.gain_db": _nonnegative,
     "model.frontend.sample_rate": _positive, "model.frontend.n_fft": _positive, "model.frontend.win_length": _positive,

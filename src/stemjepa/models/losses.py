@@ -5,17 +5,25 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(s: torch.Tensor, s_bar: torch.Tensor, temperature: torch.Tensor | float, symmetric: bool = False) -> torch.Tensor:
+def info_nce(s: torch.Tensor, s_bar: torch.Tensor, temperature: torch.Tensor | float, symmetric: bool = False,
+             hard: torch.Tensor | None = None, hard_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 1: s_i and s_bar_i (context mix and target stem of pair i) are positives, the other targets of the batch negatives.
 
     Logits are cosine similarities divided by the (trainable) temperature; the loss is the cross-entropy of each context
     against all targets of the batch, averaged over the batch (and over both directions when `symmetric`).
+    `hard` (B, D), not in the paper: one extra negative per context (a stem of its own mix), used where `hard_mask` is True.
     """
     s = F.normalize(s.float(), dim=-1)
     s_bar = F.normalize(s_bar.float(), dim=-1)
     logits = s @ s_bar.T / temperature
     labels = torch.arange(s.shape[0], device=s.device)
-    loss = F.cross_entropy(logits, labels)
+    rows = logits
+    if hard is not None:
+        extra = (s * F.normalize(hard.float(), dim=-1)).sum(-1, keepdim=True) / temperature
+        if hard_mask is not None:
+            extra = extra.masked_fill(~hard_mask[:, None], float("-inf"))
+        rows = torch.cat([logits, extra], dim=1)
+    loss = F.cross_entropy(rows, labels)
     if symmetric:
         loss = 0.5 * (loss + F.cross_entropy(logits.T, labels))
     return loss

@@ -57,24 +57,34 @@ class StemJEPAModule(L.LightningModule):
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict]:
         target = batch["target"].float()
         context = mix_context(batch["context"], batch["owner"], batch["gains"], target.shape[0])
+        hard, hard_mask = self._context_negatives(batch) if self.cfg.contrastive.context_negatives else (None, None)
         if self.cfg.phase == 1:
-            z = self.model.encode(torch.cat([context, target]))  # one pass for both sides
-            s, s_bar = z.float().mean(dim=(1, 2)).chunk(2)
+            z = self.model.encode(torch.cat([context, target] + ([hard] if hard is not None else [])))  # one pass
+            s, s_bar, *h = z.float().mean(dim=(1, 2)).chunk(3 if hard is not None else 2)
+            h = h[0] if h else None
             if self.trainer.world_size > 1:  # Eq. 1 over the global batch: every rank sees the other ranks' negatives
                 s = self.all_gather(s, sync_grads=True).flatten(0, 1)
                 s_bar = self.all_gather(s_bar, sync_grads=True).flatten(0, 1)
+                if h is not None:
+                    h = self.all_gather(h, sync_grads=True).flatten(0, 1)
+                    hard_mask = self.all_gather(hard_mask).flatten(0, 1)
             if self.model.center_embeddings:  # InfoNCE on batch-centred embeddings, running means kept for inference
                 self.model.update_centers(s, s_bar)
-                s, s_bar = s - s.mean(0), s_bar - s_bar.mean(0)
+                key_mean = s_bar.mean(0)
+                s, s_bar = s - s.mean(0), s_bar - key_mean
+                h = h - key_mean if h is not None else None
             temperature = self.model.temperature()
-            loss = info_nce(s, s_bar, temperature, self.cfg.contrastive.symmetric)
+            loss = info_nce(s, s_bar, temperature, self.cfg.contrastive.symmetric, h, hard_mask)
             return loss, {"temperature": temperature.detach(), **self._diagnostics(s, s_bar)}
         z = self.model.encode(context)
         with torch.no_grad():
             z_bar = self.model.encode(target, target=True)
+            h = self.model.encode(hard, target=True).float().mean(dim=(1, 2)) if hard is not None else None
         pred = self.model.predict(z, list(batch["label"]))
         loss = jepa_loss(pred, z_bar, self.cfg.jepa.loss_reduction, self.cfg.jepa.standardize_targets)
         pooled_pred, pooled_target = pred.float().mean(dim=(1, 2)), z_bar.float().mean(dim=(1, 2))
+        if self.cfg.jepa.contrastive_weight > 0:
+            loss = loss + self.cfg.jepa.contrastive_weight * self._pooled_contrast(pooled_pred, pooled_target, h, hard_mask)
         if self.model.center_embeddings:
             if self.trainer.world_size > 1:  # the global batch's means, so that every rank keeps the same running means
                 self.model.update_centers(self.all_gather(pooled_pred.detach()).flatten(0, 1),
@@ -83,6 +93,29 @@ class StemJEPAModule(L.LightningModule):
                 self.model.update_centers(pooled_pred, pooled_target)
             pooled_pred, pooled_target = pooled_pred - self.model.query_center, pooled_target - self.model.reference_center
         return loss, self._diagnostics(pooled_pred, pooled_target)
+
+    def _context_negatives(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One stem of each sample's own context mix (its first, at the gain it was mixed with), and a mask of the samples
+        whose mix holds at least two stems (a one-stem mix would be its own negative)."""
+        owner, n = batch["owner"], batch["target"].shape[0]
+        counts = torch.bincount(owner, minlength=n)
+        first = (torch.cumsum(counts, 0) - counts).clamp(max=len(owner) - 1)  # stems are packed sample by sample
+        hard = batch["context"][first].float() * batch["gains"][first].float()[:, None]
+        return hard, counts >= 2
+
+    def _pooled_contrast(self, pred: torch.Tensor, target: torch.Tensor, hard, hard_mask) -> torch.Tensor:
+        """InfoNCE between pooled predictions and pooled (EMA, no gradient) targets of the batch, batch-centred when the
+        model centres its embeddings (`jepa.contrastive_weight`, not in the paper)."""
+        if self.trainer.world_size > 1:
+            pred = self.all_gather(pred, sync_grads=True).flatten(0, 1)
+            target = self.all_gather(target).flatten(0, 1)
+            if hard is not None:
+                hard, hard_mask = self.all_gather(hard).flatten(0, 1), self.all_gather(hard_mask).flatten(0, 1)
+        if self.model.center_embeddings:
+            key_mean = target.mean(0)
+            pred, target = pred - pred.mean(0), target - key_mean
+            hard = hard - key_mean if hard is not None else None
+        return info_nce(pred, target, self.cfg.jepa.contrastive_temperature, False, hard, hard_mask)
 
     def _diagnostics(self, queries: torch.Tensor, keys: torch.Tensor) -> dict:
         """Learning and collapse diagnostics of the pooled embeddings of a batch, on logging steps only: in-batch top-1
