@@ -24,7 +24,9 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser("beats", help="beat-tracking linear probe on the encoder's patch embeddings (Sec. IV)",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (.ckpt) whose context encoder is probed")
+    from .options import add_model_option
+
+    add_model_option(p, what="model whose context encoder is probed")
     p.add_argument("--train", required=True, nargs="+", action="extend", metavar="DATASET[:ROOT]",
                    help="training datasets, cross-validated (e.g. ballroom:/data/ballroom smc:/data/smc)")
     p.add_argument("--test", default=[], nargs="+", action="extend", metavar="DATASET:ROOT",
@@ -109,9 +111,10 @@ def run(args) -> int:
         raise ConfigError("--limit must be at least 1")
     train = [parse_dataset_spec(s) for s in args.train]
     test = [parse_dataset_spec(s) for s in args.test]
-    if not Path(args.checkpoint).is_file():
-        raise ConfigError(f"{args.checkpoint}: checkpoint not found")
-    model, feature_id = load_encoder(args.checkpoint, args.device, args.random_init, args.seed)
+    from ..models.registry import resolve
+
+    resolve(args.model)  # a one-line error for an unknown name or a missing file, before any work
+    model, feature_id = load_encoder(args.model, args.device, args.random_init, args.seed)
     cfg = BeatEvalConfig(
         folds=args.folds,
         probe=ProbeConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed),
@@ -121,7 +124,7 @@ def run(args) -> int:
     )
     report = evaluate_beats(
         model, train, test, out, cfg, feature_id=feature_id, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-        extra={"checkpoint": str(args.checkpoint), "random_init": bool(args.random_init)},
+        extra={"checkpoint": str(args.model), "random_init": bool(args.random_init)},
     )
     for item in report["skipped"]:
         print(f"warning: skipped {item['path']}: {item['reason']}", file=sys.stderr)

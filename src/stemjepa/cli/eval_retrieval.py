@@ -15,7 +15,9 @@ def add_parser(subparsers) -> None:
         description="Embed every stem of every track into a pool, query it with the mix of the other stems conditioned on "
         "the stem's label, and report Recall@1/5/10, normalised ranks, top-1 among 64 and the Fig. 2 analysis.",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (.ckpt) to evaluate")
+    from .options import add_model_option
+
+    add_model_option(p, what="model to evaluate")
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout at --root (a synthetic corpus is a 'folder')")
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--split", default=None, help="train, test or all (default: Table I's pool, every track, for musdb18, "
@@ -66,8 +68,9 @@ def run_retrieval(args) -> int:
             raise ConfigError(f"{args.label_map}: cannot read label map ({exc})") from None
         if not isinstance(label_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in label_map.items()):
             raise ConfigError(f"{args.label_map}: must be a JSON object mapping label strings to text")
-    if not Path(args.checkpoint).exists():
-        raise ConfigError(f"{args.checkpoint}: checkpoint not found")
+    from ..models.registry import resolve
+
+    model_file = str(resolve(args.model).path)  # a one-line error for an unknown name or a missing file, before any work
     songs, split, problems = load_songs(args.dataset, args.root, args.split)
     for path, reason in problems:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
@@ -81,7 +84,7 @@ def run_retrieval(args) -> int:
     elif cache_dir is None:
         cache_dir = Path(args.out) / "cache"
     m = evaluate_retrieval(
-        args.checkpoint, songs, args.conditioning, args.out, label_map,
+        model_file, songs, args.conditioning, args.out, label_map,
         dataset=args.dataset, split=split, cache_dir=cache_dir, overwrite=args.overwrite, name=args.name,
         k64_draws=args.k64_draws, seed=args.seed, silence_db=args.silence_db, device=args.device,
         distance=args.distance, reference_encoder=args.reference_encoder, strict=args.strict,

@@ -13,7 +13,7 @@ import sys
 from .. import __version__
 from ..errors import StemJepaError
 
-COMMANDS = ["fit", "embed", "synth", "prepare", "eval", "index", "query", "serve", "demo"]
+COMMANDS = ["fit", "embed", "synth", "prepare", "eval", "index", "query", "serve", "demo", "models", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

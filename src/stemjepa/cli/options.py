@@ -22,3 +22,12 @@ def positive_int(text: str) -> int:
 def nonnegative_int(text: str) -> int:
     """An integer >= 0 (worker counts)."""
     return _int(text, 0, "a non-negative integer (0 or more)")
+
+
+def add_model_option(parser, default: str | None = "default", what: str = "model") -> None:
+    """`--model NAME_OR_PATH` (alias `--checkpoint`): a built-in model name (`stemjepa models`), a .safetensors export
+    or a .ckpt checkpoint; `default` is the built-in default model."""
+    tail = " (default: the built-in model 'default')" if default == "default" else ""
+    parser.add_argument("--model", "--checkpoint", dest="model", default=default, metavar="NAME_OR_PATH",
+                        help=f"{what}: a built-in model name (`stemjepa models`), a .safetensors export or a .ckpt "
+                             f"checkpoint{tail}")

@@ -12,8 +12,9 @@ def add_parser(subparsers) -> None:
                     "it aligned to the mix. Listens on 127.0.0.1 only unless --host says otherwise.")
     p.add_argument("--index", action="append", required=True, metavar="DIR",
                    help="index folder made by `stemjepa index` (repeat for several)")
-    p.add_argument("--model", "--checkpoint", dest="model", default=None, metavar="PATH",
-                   help="checkpoint to query with (default: the one recorded in each index)")
+    p.add_argument("--model", "--checkpoint", dest="model", default=None, metavar="NAME_OR_PATH",
+                   help="model to query with: a built-in name, a .safetensors export or a .ckpt checkpoint "
+                        "(default: the one recorded in each index)")
     p.add_argument("--mixes", default=None, metavar="DIR", help="a folder of mixes the page may pick from")
     p.add_argument("--library", default=None, metavar="DIR",
                    help="the only folder library audio is served from (default: the indexed files' common folder)")

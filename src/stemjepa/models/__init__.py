@@ -1,5 +1,5 @@
-"""Models: encoder, predictor, conditioning, losses, EMA, the whole StemJEPA, and checkpoint loading."""
-from .checkpoint import load_model
+"""Models: encoder, predictor, conditioning, losses, EMA, the whole StemJEPA, checkpoints, exports and built-in models."""
 from .inference import TrackEmbedding
+from .registry import load_model
 
 __all__ = ["load_model", "TrackEmbedding"]

@@ -1,0 +1,33 @@
+"""torch.hub entry points: `torch.hub.load(repo_dir, "stemjepa", source="local")` loads the built-in model offline.
+
+    import torch
+    model = torch.hub.load("/path/to/stemjepa", "stemjepa", source="local")                  # the default model
+    model = torch.hub.load("/path/to/stemjepa", "stemjepa", "stemjepa-tiny-synth-v1", source="local", device="cpu")
+    model = torch.hub.load("/path/to/stemjepa", "stemjepa", "runs/p2/checkpoints/last.ckpt", source="local")
+
+The weights are read from the repository's `src/stemjepa/weights/` (safetensors; nothing is downloaded).
+"""
+import os
+import sys
+
+dependencies = ["torch", "numpy", "safetensors", "soundfile", "soxr"]
+
+_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
+if _SRC not in sys.path:
+    sys.path.insert(0, _SRC)
+
+
+def stemjepa(name="default", device=None, pretrained=True):
+    """A StemJEPA model: `name` is a built-in model name or alias (`stemjepa models`), a .safetensors export or a .ckpt
+    checkpoint. pretrained=False: the same architecture with freshly initialised weights (from the model's config)."""
+    from stemjepa.models.registry import load_model
+
+    model = load_model(name, device="cpu" if not pretrained else device)
+    if pretrained:
+        return model
+    from stemjepa.models.export import place_model
+    from stemjepa.models.stemjepa import StemJEPA
+
+    fresh = StemJEPA(model.cfg)
+    return place_model(fresh, device)
+
