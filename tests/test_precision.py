@@ -190,3 +190,55 @@ def test_prefetch_keeps_order_and_reports_errors():
         except ValueError:
             got.append((item, None))
     assert got == [(0, 0), (1, 10), (2, 20), (3, None), (4, 40), (5, 50), (6, 60)]
+
+
+# --- command line -----------------------------------------------------------------------------------------------------
+def write_wavs(folder, n=3, seconds=(0.3, 5.0, 11.0)):
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, w in enumerate(waves(n, seed=5, max_seconds=12.0)):
+        w = w[: int(16000 * seconds[i % len(seconds)])]
+        sf.write(folder / f"s{i}.wav", w, 16000)
+        paths.append(folder / f"s{i}.wav")
+    return paths
+
+
+def test_cli_embed_streams_files_with_a_precision(tiny_phase1_checkpoint, tmp_path, capsys):
+    from stemjepa.audio.io import load_audio
+    from stemjepa.cli.main import main
+    from stemjepa.models.checkpoint import load_model
+
+    paths = write_wavs(tmp_path / "wavs")
+    bad = tmp_path / "wavs" / "bad.wav"
+    bad.write_bytes(b"not audio")
+    argv = ["embed", str(paths[0]), str(bad), str(paths[1]), str(paths[2]), "--checkpoint", str(tiny_phase1_checkpoint),
+            "--device", "cpu", "--batch-size", "2", "--precision", "fp32", "--out", str(tmp_path / "e.npy")]
+    assert main(argv) == 1  # one file skipped
+    assert "bad.wav" in capsys.readouterr().out
+    got = np.load(tmp_path / "e.npy")
+    model = load_model(tiny_phase1_checkpoint, device="cpu")
+    want = np.stack([e.vector for e in model.embed_many([load_audio(p, 16000) for p in paths], precision="fp32")])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert main(["embed", str(paths[0]), "--checkpoint", str(tiny_phase1_checkpoint), "--device", "cpu",
+                 "--precision", "fp16"]) == 2
+    assert "CUDA only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["embed", str(paths[0]), "--checkpoint", str(tiny_phase1_checkpoint), "--precision", "int8"])
+
+
+def test_cli_index_and_query_take_a_precision(tiny_phase1_checkpoint, tmp_path, capsys, monkeypatch):
+    import json
+
+    from stemjepa.cli.main import main
+
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)  # auto = fp32 here, whatever this CPU has
+    paths = write_wavs(tmp_path / "lib")
+    assert main(["index", str(tmp_path / "lib"), "--checkpoint", str(tiny_phase1_checkpoint), "--out",
+                 str(tmp_path / "idx"), "--device", "cpu", "--quiet", "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    assert main(["query", str(paths[1]), "--instrument", "bass", "--index", str(tmp_path / "idx"), "--device", "cpu",
+                 "--precision", "auto", "--json", "-k", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["results"]) == 3

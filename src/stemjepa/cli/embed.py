@@ -10,8 +10,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="model checkpoint")
     p.add_argument("--out", help="save the (n_files, d) array to this .npy file instead of printing")
     p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16,
+                   help="audio chunks per forward pass, shared across files (default 16)")
+    add_precision_option(p)
     p.set_defaults(func=run)
+
+
+def add_precision_option(p) -> None:
+    """`--precision auto|fp32|bf16|fp16` (embed, index, query); see stemjepa.models.precision."""
+    from ..models.precision import PRECISIONS
+
+    p.add_argument("--precision", type=str.lower, choices=PRECISIONS, default="auto",
+                   help="inference precision: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX, "
+                        "Arm BF16), fp32 on other CPUs; fp16 on CUDA only (default auto)")
 
 
 def run(args) -> int:
@@ -33,18 +44,37 @@ def run(args) -> int:
         if not out.parent.is_dir():
             raise StemJepaError(f"{out.parent}: folder not found (for --out {out})")
     model = load_model(args.checkpoint, device=args.device)
-    vectors, failed = [], []
-    for path in args.files:
+    from ..models.inference import prefetch
+
+    model.precision = args.precision
+    vectors, failed, decoded = [], [], []
+
+    def load(path):
+        wave = load_audio(path, model.sample_rate)
+        check_embeddable(wave, model.sample_rate, path)
+        return wave
+
+    def waves():  # decoded in two threads while the model runs; a file that fails is reported and skipped
+        for path, fut in prefetch(args.files, load, workers=2, ahead=8):
+            try:
+                wave = fut.result()
+            except StemJepaError as exc:
+                print(f"warning: skipped {exc}")
+                failed.append(path)
+                continue
+            decoded.append(path)
+            yield wave
+
+    # chunks of consecutive files share batches: many short files do not run one small batch each
+    for k, emb in enumerate(model.iter_tracks(waves(), batch_size=args.batch_size)):
+        path = decoded[k]
         try:
-            wave = load_audio(path, model.sample_rate)
-            check_embeddable(wave, model.sample_rate, path)
-            vector = model.embed(wave, args.batch_size).vector
-            check_finite_embedding(vector, path)
+            check_finite_embedding(emb.vector, path)
         except StemJepaError as exc:
             print(f"warning: skipped {exc}")
             failed.append(path)
             continue
-        vectors.append((path, vector))
+        vectors.append((path, emb.vector))
     if not vectors:
         raise StemJepaError("no file could be embedded")
     if out is not None:

@@ -24,6 +24,9 @@ def add_parser(subparsers) -> None:
                    help="allow an update that removes every file of the index (otherwise refused: an unmounted drive "
                         "must not wipe the index)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .embed import add_precision_option
+
+    add_precision_option(p)
     p.set_defaults(func=run)
 
 
@@ -32,6 +35,7 @@ def run(args) -> int:
 
     model = load_checkpoint_model(args.checkpoint, device=args.device)
     summary = build_index(args.dir, args.out, model, checkpoint=args.checkpoint, batch_size=args.batch_size,
-                          index_type=args.index_type, progress=not args.quiet, allow_empty=args.allow_empty)
+                          index_type=args.index_type, progress=not args.quiet, allow_empty=args.allow_empty,
+                          precision=args.precision)
     print(summary.text())
     return 1 if summary.failed else 0

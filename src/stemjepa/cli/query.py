@@ -21,6 +21,9 @@ def add_parser(subparsers) -> None:
                         "from the matched offset, looped or trimmed) plus results.json into DIR (one sub-folder per "
                         "mix when there are several)")
     p.add_argument("--overwrite", action="store_true", help="with --export: replace files of the same names")
+    from .embed import add_precision_option
+
+    add_precision_option(p)
     p.set_defaults(func=run)
 
 
@@ -36,6 +39,8 @@ def run(args) -> int:
     if args.k < 1:
         raise StemJepaError(f"-k must be at least 1, got {args.k}")
     with StemIndex.open(args.index, checkpoint=args.checkpoint, device=args.device) as index:
+        if hasattr(index.model, "precision"):
+            index.model.precision = args.precision
         sr = int(getattr(index.model, "sample_rate", 16000))
         waves, names, failed = [], [], []
         for mix in args.mixes:  # a bad mix is reported, the others are still answered

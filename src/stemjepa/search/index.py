@@ -190,7 +190,7 @@ def _prefetch(items: Sequence, load: Callable, workers: int = 2, ahead: int = 8)
 
 def build_index(root, out, model, checkpoint=None, batch_size: int = 16, index_type: str | None = None,
                 progress: bool = True, on_phase: Callable[[str], None] | None = None,
-                allow_empty: bool = False) -> IndexSummary:
+                allow_empty: bool = False, precision: str | None = None) -> IndexSummary:
     """Create or update the index in `out` for the audio files under `root`, embedded with `model`.
 
     New files are embedded, files unchanged since the last run (size + mtime, or checksum when only the mtime moved)
@@ -200,6 +200,7 @@ def build_index(root, out, model, checkpoint=None, batch_size: int = 16, index_t
     `on_phase(name)` is called at "batch" (a batch committed) and "snapshot" (snapshot written, not yet committed).
     An update that would remove every file of a non-empty index (an unmounted drive) is refused unless `allow_empty`.
     A full disk or a write error ends the run with one line; the previous generation stays searchable.
+    `precision` (auto|fp32|bf16|fp16), when given, is set on the model (`model.precision`, models/precision.py).
     """
     root, out = Path(root).expanduser().resolve(), Path(out).expanduser().resolve()
     if not root.is_dir():
@@ -208,6 +209,8 @@ def build_index(root, out, model, checkpoint=None, batch_size: int = 16, index_t
         raise StemJepaError(f"unknown index type {index_type!r} (choose from {', '.join(INDEX_POLICIES)})")
     if batch_size < 1:
         raise StemJepaError(f"--batch-size must be at least 1, got {batch_size}")
+    if precision is not None and hasattr(model, "precision"):
+        model.precision = precision
     try:
         _prepare_out(out)
         with _writer_lock(out):
@@ -539,7 +542,9 @@ class StemIndex:
     >>> index.query("song_without_bass.wav", "bass", k=5)        # [SearchResult(rank=1, score=..., path=...), ...]
     """
 
-    def __init__(self, folder: Path, store: MetaStore, model=None, checkpoint: str | None = None, device=None):
+    def __init__(self, folder: Path, store: MetaStore, model=None, checkpoint: str | None = None, device=None,
+                 precision: str | None = None):
+        self._precision = precision
         self.folder, self.store = folder, store
         self._model, self._checkpoint, self._device = model, checkpoint, device
         self.generation = -1
@@ -548,14 +553,16 @@ class StemIndex:
             self._check_model(model)
 
     @classmethod
-    def open(cls, path, checkpoint=None, model=None, device=None) -> "StemIndex":
+    def open(cls, path, checkpoint=None, model=None, device=None, precision: str | None = None) -> "StemIndex":
         """Open the index folder `path`. Queries embed with `model`, else `checkpoint`, else the index's checkpoint;
-        a checkpoint whose model id differs from the one that built the index is refused."""
+        a checkpoint whose model id differs from the one that built the index is refused. `precision`
+        (auto|fp32|bf16|fp16), when given, is the model's inference precision for queries."""
         folder = Path(path).expanduser()
         check_index_folder(folder)
         store = MetaStore(folder)
         try:
-            self = cls(folder, store, model=model, checkpoint=str(checkpoint) if checkpoint else None, device=device)
+            self = cls(folder, store, model=model, checkpoint=str(checkpoint) if checkpoint else None, device=device,
+                       precision=precision)
             if model is None and checkpoint is not None:
                 self.model  # load now: a wrong checkpoint is refused at open  # noqa: B018
             return self
@@ -674,6 +681,8 @@ class StemIndex:
         if k < 1:
             raise StemJepaError(f"k must be at least 1, got {k}")
         model = self.model
+        if self._precision is not None and hasattr(model, "precision"):
+            model.precision = self._precision
         sr = _model_sample_rate(model)
         waves = []
         for mix in mixes:
