@@ -3,11 +3,11 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
-    from .options import positive_int
+    from .options import add_model_option, positive_int
 
-    p = subparsers.add_parser("embed", help="embed audio files with a checkpoint (one mean-pooled vector per file)")
+    p = subparsers.add_parser("embed", help="embed audio files (one mean-pooled vector per file)")
     p.add_argument("files", nargs="+", help="audio files")
-    p.add_argument("--checkpoint", required=True, help="model checkpoint")
+    add_model_option(p)
     p.add_argument("--out", help="save the (n_files, d) array to this .npy file instead of printing")
     p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
     p.add_argument("--batch-size", type=positive_int, default=16,
@@ -43,7 +43,7 @@ def run(args) -> int:
             raise StemJepaError(f"{out}: exists already; choose another --out")
         if not out.parent.is_dir():
             raise StemJepaError(f"{out.parent}: folder not found (for --out {out})")
-    model = load_model(args.checkpoint, device=args.device)
+    model = load_model(args.model, device=args.device)
     from ..models.inference import prefetch
 
     model.precision = args.precision

@@ -32,9 +32,13 @@ def run(args) -> int:
         except ImportError as exc:
             raise StemJepaError(f"ONNX export is not available in this installation ({exc}); export to .safetensors "
                                 "without --onnx") from None
+        prefix = out.with_suffix("") if out.suffix == ".onnx" else out  # files PREFIX.reference.onnx, .query.onnx...
+        taken = sorted(str(p) for p in prefix.parent.glob(f"{prefix.name}.*")) if prefix.parent.is_dir() else []
+        if taken and not args.force:
+            raise StemJepaError(f"{taken[0]}: exists already; pass --force to replace the ONNX files of {prefix}")
         model = load_model(args.model, device="cpu")
-        export_onnx(model, out)
-        print(f"wrote {out} (ONNX, model {model.model_id})")
+        files = export_onnx(model, out)
+        print(f"wrote {', '.join(str(f) for f in files)} (ONNX, model {model.model_id})")
         return 0
     from ..models.export import export_model
 

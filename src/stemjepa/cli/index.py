@@ -1,17 +1,17 @@
-"""`stemjepa index DIR --checkpoint CKPT --out INDEX_DIR`: build or update a searchable index of a stem library."""
+"""`stemjepa index DIR --out INDEX_DIR [--model NAME_OR_PATH]`: build or update a searchable index of a stem library."""
 from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
     from ..search.vectors import AUTO_APPROX_THRESHOLD
-    from .options import positive_int
+    from .options import add_model_option, positive_int
 
     p = subparsers.add_parser(
         "index", help="index a folder of stems for `stemjepa query` (incremental: re-run to pick up changes)",
         description="Embed every audio file under DIR and store the vectors in INDEX_DIR. Re-running adds new files, "
                     "skips unchanged ones and drops deleted ones; an interrupted run resumes where it stopped.")
     p.add_argument("dir", help="folder of stems (searched recursively; hidden files and folders are skipped)")
-    p.add_argument("--checkpoint", required=True, help="model checkpoint (queries must use the same one)")
+    add_model_option(p, what="model to embed with (queries use the same one; the index records it)")
     p.add_argument("--out", required=True, help="index folder (created, or updated if it holds an index)")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="audio chunks (the model's chunk length) per forward pass (default 16)")
@@ -33,8 +33,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..search.index import build_index, load_checkpoint_model
 
-    model = load_checkpoint_model(args.checkpoint, device=args.device)
-    summary = build_index(args.dir, args.out, model, checkpoint=args.checkpoint, batch_size=args.batch_size,
+    model = load_checkpoint_model(args.model, device=args.device)
+    summary = build_index(args.dir, args.out, model, checkpoint=args.model, batch_size=args.batch_size,
                           index_type=args.index_type, progress=not args.quiet, allow_empty=args.allow_empty,
                           precision=args.precision)
     print(summary.text())

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
+    from .options import add_model_option
+
     p = subparsers.add_parser(
         "query", help="find the stems of an index that fit a mix (e.g. which bass fits this song without bass)",
         description="Embed each MIX, predict the embedding of the missing INSTRUMENT, and list the k closest stems of "
@@ -12,7 +14,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("mixes", nargs="+", metavar="MIX", help="audio file(s) of the mix lacking the stem you look for")
     p.add_argument("--instrument", required=True, help='what to look for, free text (e.g. "bass", "acoustic guitar")')
     p.add_argument("--index", required=True, help="index folder made by `stemjepa index`")
-    p.add_argument("--checkpoint", default=None, help="default: the checkpoint recorded in the index")
+    add_model_option(p, default=None, what="model to query with, default: the one recorded in the index (which built it)")
     p.add_argument("-k", type=int, default=10, help="results per mix (default 10)")
     p.add_argument("--device", default=None, help="cpu, cuda... (default: cuda when present)")
     p.add_argument("--json", action="store_true", help="print JSON (one object per mix) instead of a table")
@@ -38,7 +40,7 @@ def run(args) -> int:
     instrument = check_instrument(args.instrument)
     if args.k < 1:
         raise StemJepaError(f"-k must be at least 1, got {args.k}")
-    with StemIndex.open(args.index, checkpoint=args.checkpoint, device=args.device) as index:
+    with StemIndex.open(args.index, checkpoint=args.model, device=args.device) as index:
         if hasattr(index.model, "precision"):
             index.model.precision = args.precision
         sr = int(getattr(index.model, "sample_rate", 16000))

@@ -107,13 +107,24 @@ class IndexSummary:
 # model plumbing
 # ------------------------------------------------------------------------------------------------------------------
 def load_checkpoint_model(checkpoint, device=None):
-    """stemjepa.models.load_model, with a one-line error when the checkpoint is missing."""
-    path = Path(checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    from ..models import load_model
+    """The model of a built-in name, a .safetensors export or a .ckpt checkpoint (`stemjepa.models.registry`), with
+    one-line errors (unknown name, missing file)."""
+    from ..models.registry import load_model
 
-    return load_model(str(path), device=device)
+    return load_model(checkpoint, device=device)
+
+
+def model_reference(checkpoint) -> str | None:
+    """What an index records for the model it was built with: a built-in model's versioned name, else the file's
+    absolute path (a name that is neither, e.g. a test's fake, is kept as an absolute path too)."""
+    if not checkpoint:
+        return None
+    from ..models.registry import resolve
+
+    try:
+        return resolve(checkpoint).ref
+    except CheckpointError:
+        return str(Path(checkpoint).resolve())
 
 
 def _model_sample_rate(model) -> int:
@@ -238,7 +249,7 @@ class _Updater:
                  progress: bool, on_phase, allow_empty: bool = False):
         self.store, self.root, self.model = store, root, model
         self.allow_empty = allow_empty
-        self.checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None
+        self.checkpoint = model_reference(checkpoint)
         self.batch_size, self.progress = batch_size, progress
         self.on_phase = on_phase or (lambda phase: None)
         self.summary = IndexSummary(index=str(store.folder))
@@ -647,10 +658,14 @@ class StemIndex:
         if self._model is None:
             ckpt = self._checkpoint or self.store.get("checkpoint")
             if not ckpt:
-                raise CheckpointError(f"{self.folder}: the index records no checkpoint; pass one (--checkpoint)")
-            if not Path(ckpt).exists():
-                raise CheckpointError(f"{ckpt}: checkpoint not found (the index {self.folder} was built with it, "
-                                      f"model {self.model_id}); pass the checkpoint's new path with --checkpoint")
+                raise CheckpointError(f"{self.folder}: the index records no model; pass one (--model NAME_OR_PATH)")
+            from ..models.registry import resolve
+
+            try:
+                resolve(ckpt)
+            except CheckpointError:
+                raise CheckpointError(f"{ckpt}: model not found (the index {self.folder} was built with it, model "
+                                      f"{self.model_id}); pass its new name or path with --model") from None
             model = load_checkpoint_model(ckpt, device=self._device)
             self._check_model(model, ckpt)
             self._model = model
