@@ -103,3 +103,19 @@ def test_export_of_a_trained_text_conditioned_checkpoint(tiny_checkpoint, tmp_pa
     report = verify_onnx(model, tmp_path / "m", label=labels[0])
     assert report["reference"]["max_abs_diff"] < 1e-3 and report["reference"]["min_cosine"] > 0.99999
     assert report["query"]["max_abs_diff"] < 1e-3 and report["query"]["min_cosine"] > 0.99999
+
+
+def test_cli_export_onnx_of_the_builtin_model(tmp_path, capsys):
+    """`stemjepa export default OUT --onnx` (cli/export.py calls export_onnx), checked in onnxruntime."""
+    registry = pytest.importorskip("stemjepa.models.registry")
+    from stemjepa.cli.main import main
+
+    try:
+        model = registry.load_model("default", device="cpu")
+    except Exception as exc:  # noqa: BLE001 - a checkout without the built-in weights
+        pytest.skip(f"no built-in default model ({exc})")
+    assert main(["export", "default", str(tmp_path / "default.onnx"), "--onnx"]) == 0
+    assert "default.reference.onnx" in capsys.readouterr().out
+    report = verify_onnx(model, tmp_path / "default")
+    for side in ("reference", "query"):
+        assert report[side]["max_abs_diff"] < 1e-3 and report[side]["min_cosine"] > 0.99999, report

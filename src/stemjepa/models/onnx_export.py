@@ -125,6 +125,12 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str]) 
 def export_onnx(model, out_path) -> list[Path]:
     """Write the reference and query graphs of `model` (a loaded StemJEPA), the conditioning table and a JSON
     description under the prefix `out_path` (a trailing .onnx is dropped). Returns the files written."""
+    try:
+        import onnx  # noqa: F401 - torch.onnx.export writes through it
+    except ImportError:
+        from ..errors import StemJepaError
+
+        raise StemJepaError("ONNX export needs the onnx package: pip install 'stemjepa[onnx]' (onnx, onnxruntime)") from None
     prefix = _prefix(out_path)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
