@@ -111,6 +111,26 @@ def split_counts(total: int, parts: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------- 1. corpus
+def timings_file(out: Path) -> Path:
+    return out / "data" / "timings.json"
+
+
+def add_timing(out: Path, key: str, seconds: float, items: int = 0) -> None:
+    t = read_json(timings_file(out)) or {}
+    entry = t.setdefault(key, {"seconds": 0.0, "items": 0})
+    entry["seconds"] = round(entry["seconds"] + seconds, 1)
+    entry["items"] += items
+    write_json(timings_file(out), t)
+
+
+def measured(out: Path, folders: list[str], songs: int) -> dict:
+    """Recorded time of the work behind `folders` ({"seconds", "songs_timed", "songs"}): renders done by an earlier
+    version of this script, or by hand, were not timed."""
+    t = read_json(timings_file(out)) or {}
+    return {"seconds": round(sum(t[f]["seconds"] for f in folders if f in t), 1),
+            "songs_timed": sum(t[f]["items"] for f in folders if f in t), "songs": songs}
+
+
 def render_part(out: Path, kind: str, index: int, sf2: Path, n_songs: int, seconds: float, seed: int, jobs: int) -> list[Path]:
     from stemjepa.data.synth import synthesize_corpus
 
@@ -118,8 +138,11 @@ def render_part(out: Path, kind: str, index: int, sf2: Path, n_songs: int, secon
     if n_songs < 1:
         return []
     summary: dict = {}
+    t0 = time.time()
     done = synthesize_corpus(folder, n_songs, seconds=seconds, seed=seed, jobs=jobs, soundfont=str(sf2), progress=True,
                              summary=summary)
+    if summary.get("written"):  # the time spent on this folder's renders, over every run of the script
+        add_timing(out, folder.name, time.time() - t0, summary["written"])
     if summary.get("failed"):
         log(f"{folder.name}: {len(summary['failed'])} songs failed to render and are left out "
             f"(e.g. song {summary['failed'][0][0]}: {summary['failed'][0][1]})")
@@ -275,7 +298,7 @@ model id `{model_id}`.
 
 Training time: {train_minutes:.1f} min ({device}; {cpu}, {cores} cores{gpu}; 1-minute load average {load} at the start and
 end of the phases: above the core count means other jobs shared the machine and the times are longer than on an idle one).
-Rendering the corpus took {render_minutes:.1f} min, decoding it into the training cache {cache_minutes:.1f} min.
+{render_text}
 
 ## Measured figures
 
@@ -324,6 +347,16 @@ def write_outputs(args, model, card: dict, weights: Path) -> None:
         atomic_write_text(Path(args.model_card), render_card(card))
 
 
+def timing_text(t: dict) -> str:
+    def part(what: str, m: dict) -> str:
+        if not m.get("songs_timed"):
+            return f"{what}: reused from an earlier run whose time was not recorded"
+        text = f"{what}: {m['seconds'] / 60:.1f} min for {m['songs_timed']} songs"
+        return text + (f" ({m['songs'] - m['songs_timed']} more reused, not timed)" if m["songs"] > m["songs_timed"] else "")
+
+    return f"{part('Rendering the corpus', t['render'])}; {part('decoding it into the training cache', t['cache'])}."
+
+
 def _round(x, digits: int):
     return round(x, digits) if isinstance(x, (int, float)) else x
 
@@ -359,10 +392,10 @@ def render_card(card: dict) -> str:
         p2_over=f", overrides {' '.join(p2['overrides'])}" if p2["overrides"] else "",
         p2_top1=p2["last_logged"].get("top1", "n/a"), p2_chance=f"{1 / p2['batch_size']:.3f}",
         load=" / ".join(f"{a}-{b}" for a, b in (p1.get("load_average") or ["?", "?"], p2.get("load_average") or ["?", "?"])),
-        cache_minutes=t.get("cache_seconds", 0.0) / 60, one_query=100.0 / max(1, ev["n_queries"]),
+        one_query=100.0 / max(1, ev["n_queries"]),
         train_minutes=(p1["seconds"] + p2["seconds"]) / 60, device=t["device"], cpu=m["cpu"], cores=m["cpu_cores"],
         gpu=f", GPU {m['gpu']}" if m.get("gpu") and t["device"] != "cpu" else "",
-        render_minutes=t["render_seconds"] / 60,
+        render_text=timing_text(t),
         n_test=ev["n_songs"], test_desc=f"{c['test']['songs']} songs of {c['test_seconds']:g} s, {c['test']['stems']} stems",
         n_pool=ev["n_pool"], n_queries=ev["n_queries"], rows="\n".join(rows),
         median_cos=_round(ev["pool_diagnostics"].get("median_cosine"), 3), rankme=_round(ev["pool_diagnostics"].get("rankme"), 1),
@@ -433,7 +466,11 @@ def main(argv=None) -> int:
     t0 = time.time()  # decoded once into the folder's training cache here, so the training times below are training only
     prepare_folder_cache(train_dir, train_dir / ".stemjepa_cache", load_config(args.p1_config).model.frontend.sample_rate,
                          progress=False)
-    cache_s = time.time() - t0
+    if not (read_json(timings_file(out)) or {}).get(f"cache:{train_dir.name}"):
+        add_timing(out, f"cache:{train_dir.name}", time.time() - t0, train_stats["songs"])
+    part_names = [f.parent.name for _, songs in train_parts + test_parts for f in songs[:1]]
+    render_time = measured(out, part_names, train_stats["songs"] + test_stats["songs"])
+    cache_time = measured(out, [f"cache:{train_dir.name}"], train_stats["songs"])
 
     # 2-3. training
     device = args.device
@@ -480,8 +517,8 @@ def main(argv=None) -> int:
         "training": {
             "command": command,
             "device": device if device != "auto" else ("cuda" if machine()["gpu"] else "cpu"),
-            "render_seconds": round(render_s, 1),
-            "cache_seconds": round(cache_s, 1),
+            "render": render_time,
+            "cache": cache_time,
             "train_seconds": round(p1["seconds"] + p2["seconds"], 1),
             "corpus_summary": (f"{train_stats['songs']} synthetic General-MIDI songs of {args.seconds:g} s, "
                                f"{train_stats['instruments']} instruments, drum kits whole and split, soundfonts "
