@@ -25,7 +25,7 @@ def stemjepa(name="default", device=None, pretrained=True):
     model = load_model(name, device="cpu" if not pretrained else device)
     if pretrained:
         return model
-    from stemjepa.models.export import place_model
+    from stemjepa.models.checkpoint import place_model
     from stemjepa.models.stemjepa import StemJEPA
 
     fresh = StemJEPA(model.cfg)

@@ -18,7 +18,6 @@ Runs already finished in OUT are reused (delete OUT/<arm>-seed<N> to redo one).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -32,23 +31,12 @@ ARMS = {"a": "contrastive baseline", "b": "full model from scratch", "c": "full 
 METRICS = ("R@1", "R@5", "R@10", "norm_rank_median")
 
 
-def last_logged(run: Path) -> dict:
-    """The last logged value of each training diagnostic of a run (from its CSV logs)."""
-    out: dict[str, float] = {}
-    for f in sorted((run / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
-        with open(f) as fh:
-            for row in csv.DictReader(fh):
-                for k, v in row.items():
-                    if k.startswith("train/") and v not in ("", None):
-                        out[k[len("train/"):]] = float(v)
-    return {k: out[k] for k in ("loss", "top1", "spread", "rankme") if k in out}
-
-
 def run_arm(arm: str, seed: int, args, p1_ckpt: Path | None) -> tuple[Path, dict]:
     from stemjepa.config import load_config
     from stemjepa.data.multitrack import read_folder
     from stemjepa.evaluation.retrieval import evaluate_retrieval
     from stemjepa.training.fit import FitOptions, fit
+    from stemjepa.training.rundir import last_logged
 
     run = Path(args.out) / f"{arm}-seed{seed}"
     result_file = run / "result.json"

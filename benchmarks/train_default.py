@@ -23,7 +23,6 @@ with different song counts: a bigger run renders only the songs it lacks).
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -184,22 +183,12 @@ def corpus_stats(folder: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- 2-3. training
-def last_logged(run: Path) -> dict:
-    out: dict[str, float] = {}
-    for f in sorted((run / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
-        with open(f) as fh:
-            for row in csv.DictReader(fh):
-                for k, v in row.items():
-                    if k.startswith("train/") and v not in ("", None):
-                        out[k[len("train/"):]] = float(v)
-    return {k: round(out[k], 4) for k in ("loss", "top1", "spread", "rankme") if k in out}
-
-
 def train_stage(run: Path, config: str, steps: int, overrides: list[str], data: Path, init: Path | None, seed: int,
                 device: str, spec_extra: dict) -> tuple[Path, dict]:
     """Train one phase into `run`, or reuse it when `run/stage.json` records the same settings."""
     from stemjepa.config import load_config, to_dict
     from stemjepa.training.fit import FitOptions, fit
+    from stemjepa.training.rundir import last_logged
 
     cfg = load_config(config, [f"max_steps={steps}", f"seed={seed}", "data.num_workers=1", *overrides])
     spec = {"config": config, "steps": steps, "overrides": overrides, "seed": seed, "data": str(data), **spec_extra,
@@ -213,7 +202,7 @@ def train_stage(run: Path, config: str, steps: int, overrides: list[str], data: 
     t0, load0 = time.time(), os.getloadavg()[0]
     last = fit(cfg, FitOptions(data=str(data), out=str(run), init=str(init) if init else None, device=device,
                                progress=False, overwrite=True))
-    stage = {"spec": spec, "seconds": round(time.time() - t0, 1), "last_logged": last_logged(run),
+    stage = {"spec": spec, "seconds": round(time.time() - t0, 1), "last_logged": {k: round(v, 4) for k, v in last_logged(run).items()},
              "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
              "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr, "config_resolved": to_dict(cfg)}
     write_json(run / "stage.json", stage)

@@ -93,6 +93,15 @@ def load_model(path, device=None, eval_mode: bool = True):
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the config inside it ({str(exc)[:300]})") from None
+    place_model(model, device, eval_mode)
+    model.checkpoint_path = str(path)
+    model.training_songs = training_songs(ckpt)
+    _ = model.model_id  # fixed now, before queries of new labels grow the text table
+    return model
+
+
+def place_model(model, device=None, eval_mode: bool = True):
+    """Move a rebuilt model to `device` (None: CUDA when present, else CPU), with one-line errors."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -101,7 +110,4 @@ def load_model(path, device=None, eval_mode: bool = True):
         model.to(device)
     except (RuntimeError, ValueError) as exc:
         raise StemJepaError(f"cannot use device {device!r} ({exc})") from None
-    model.checkpoint_path = str(path)
-    model.training_songs = training_songs(ckpt)
-    _ = model.model_id  # fixed now, before queries of new labels grow the text table
     return model.eval() if eval_mode else model

@@ -130,24 +130,11 @@ def read_export(path) -> tuple[dict, dict]:
     return {**tensors, **extra}, meta
 
 
-def place_model(model, device=None, eval_mode: bool = True):
-    """Move a rebuilt model to `device` (None: CUDA when present, else CPU), with one-line errors."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise StemJepaError(f"device {device!r} asked for, but no CUDA GPU is available (use --device cpu)")
-    try:
-        model.to(device)
-    except (RuntimeError, ValueError) as exc:
-        raise StemJepaError(f"cannot use device {device!r} ({exc})") from None
-    return model.eval() if eval_mode else model
-
-
 def load_export(path, device=None, eval_mode: bool = True):
     """Rebuild a StemJEPA from an export file alone (no training code, no pickle)."""
     from ..config import from_dict
     from ..errors import ConfigError
-    from .checkpoint import check_finite_weights
+    from .checkpoint import check_finite_weights, place_model
     from .stemjepa import StemJEPA
 
     state, meta = read_export(path)

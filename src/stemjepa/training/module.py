@@ -57,7 +57,9 @@ class StemJEPAModule(L.LightningModule):
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict]:
         target = batch["target"].float()
         context = mix_context(batch["context"], batch["owner"], batch["gains"], target.shape[0])
-        hard, hard_mask = self._context_negatives(batch) if self.cfg.contrastive.context_negatives else (None, None)
+        contrasts = self.cfg.phase == 1 or self.cfg.jepa.contrastive_weight > 0  # phase 2 uses negatives only in that term
+        use_hard = self.cfg.contrastive.context_negatives and contrasts
+        hard, hard_mask = self._context_negatives(batch) if use_hard else (None, None)
         if self.cfg.phase == 1:
             z = self.model.encode(torch.cat([context, target] + ([hard] if hard is not None else [])))  # one pass
             s, s_bar, *h = z.float().mean(dim=(1, 2)).chunk(3 if hard is not None else 2)

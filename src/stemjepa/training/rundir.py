@@ -7,6 +7,7 @@ new run's inputs are known good; other files, in the run folder or inside logs/,
 """
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -98,3 +99,16 @@ def check_data_path(data) -> Path:
         raise DataError(f"{path}: unfinished training cache (songs/ but no {MANIFEST}: `stemjepa prepare` was "
                         "interrupted or failed); run the same `stemjepa prepare` command again to finish it")
     return path
+
+
+def last_logged(run_dir: Path, keys=("loss", "top1", "spread", "rankme")) -> dict[str, float]:
+    """The last logged value of each training diagnostic (`train/<key>`) of a run, over its log versions in order."""
+    out: dict[str, float] = {}
+    versions = sorted(Path(run_dir, "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    for f in versions:
+        with open(f) as fh:
+            for row in csv.DictReader(fh):
+                for k, v in row.items():
+                    if k.startswith("train/") and v not in ("", None):
+                        out[k[len("train/"):]] = float(v)
+    return {k: out[k] for k in keys if k in out}
