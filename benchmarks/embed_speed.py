@@ -91,14 +91,22 @@ class RefViT(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------------
-def best_time(fn, reps: int) -> float:
-    fn()  # warm-up (allocations, oneDNN primitive caches)
-    times = []
+def best_times(fns, reps: int) -> list[float]:
+    """Best time of each function over `reps` interleaved rounds, so that a drift in the machine's speed (frequency,
+    a neighbour's load) reaches all of them alike and their ratio stays fair."""
+    for fn in fns:
+        fn()  # warm-up
+    times = [[] for _ in fns]
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for fn, out in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return [min(t) for t in times]
+
+
+def best_time(fn, reps: int) -> float:
+    return best_times([fn], reps)[0]
 
 
 def build(size: str, phase: int, args) -> StemJEPA:
@@ -176,14 +184,14 @@ def speed_rows(size: str, model_ref: StemJEPA, model_q: StemJEPA, precisions: li
         mel = model_ref.frontend(torch.from_numpy(np.stack(waves)))
     for prec in precisions:
         dtype = P.resolve_precision(prec, "cpu")
-        t_emb = best_time(lambda: model_ref.embed_many(waves, batch_size=b, precision=prec), args.reps)
-        t_query = best_time(lambda: model_q.query_many(waves, ["bass"] * b, batch_size=b, precision=prec), args.reps)
-
         def minimal():
             with torch.no_grad(), P.autocast(dtype, "cpu"):
                 ref(mel)
 
-        t_min = best_time(minimal, args.reps)
+        t_emb, t_query, t_min = best_times([
+            lambda: model_ref.embed_many(waves, batch_size=b, precision=prec),
+            lambda: model_q.query_many(waves, ["bass"] * b, batch_size=b, precision=prec),
+            minimal], args.reps)
         row = {"size": size, "precision": prec, "batch": b, "chunk_seconds": chunk_s,
                "project_embed_chunks_s": b / t_emb, "project_query_chunks_s": b / t_query,
                "minimal_chunks_s": b / t_min, "ratio_embed_to_minimal": t_min / t_emb,
