@@ -79,9 +79,18 @@ class InferenceMixin:
     bf16 on CUDA (fp16 on GPUs without bf16) and on CPUs with native bf16, fp32 on other CPUs (models/precision.py).
     """
 
+    checkpoint_path: str | None = None  # set by the loaders (models/checkpoint.py, models/export.py)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def known_labels(self) -> list[str]:
+        """Labels the model was trained with: the text table's labels, or the class names (none in phase 1)."""
+        cond = getattr(self, "conditioner", None)  # phase 1 models have no conditioner
+        labels = list(getattr(cond, "labels", None) or getattr(cond, "classes", None) or [])
+        return sorted({str(label) for label in labels if str(label).strip()})
 
     @property
     def precision(self) -> str:
