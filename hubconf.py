@@ -28,6 +28,6 @@ def stemjepa(name="default", device=None, pretrained=True):
     from stemjepa.models.checkpoint import place_model
     from stemjepa.models.stemjepa import StemJEPA
 
-    fresh = StemJEPA(model.cfg)
+    fresh = StemJEPA(model.config, model.phase)
     return place_model(fresh, device)
 

@@ -44,7 +44,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from stemjepa.config import encoder_dims, load_config  # noqa: E402
+from stemjepa.config import load_config  # noqa: E402
+from stemjepa.models.encoder import encoder_dims  # noqa: E402
 from stemjepa.models import precision as P  # noqa: E402
 from stemjepa.models.stemjepa import StemJEPA  # noqa: E402
 
@@ -117,7 +118,7 @@ def build(size: str, phase: int, args) -> StemJEPA:
         cfg = load_config("tiny_phase1" if phase == 1 else "tiny", ["model.conditioning.kind=classes"])
     if phase == 2:
         cfg.model.conditioning.classes = list(CLASSES)
-    return StemJEPA(cfg).eval()
+    return StemJEPA(cfg.model, cfg.phase).eval()
 
 
 def load_default(name: str | None):
@@ -177,9 +178,9 @@ def speed_rows(size: str, model_ref: StemJEPA, model_q: StemJEPA, precisions: li
     cs, sr = model_ref.chunk_samples, model_ref.sample_rate
     chunk_s = cs / sr
     waves = signals(b, chunk_s, sr, seed=1)  # exactly one chunk each: b chunks per call
-    d, depth, heads = encoder_dims(model_ref.cfg.model.encoder)
-    mlp = int(d * model_ref.cfg.model.encoder.mlp_ratio)
-    ref = RefViT(d, depth, heads, mlp, model_ref.cfg.model.encoder.patch_size, model_ref.encoder.grid).eval()
+    d, depth, heads = encoder_dims(model_ref.config.encoder)
+    mlp = int(d * model_ref.config.encoder.mlp_ratio)
+    ref = RefViT(d, depth, heads, mlp, model_ref.config.encoder.patch_size, model_ref.encoder.grid).eval()
     with torch.no_grad():
         mel = model_ref.frontend(torch.from_numpy(np.stack(waves)))
     for prec in precisions:
@@ -238,7 +239,7 @@ def write_library(folder: Path, n: int, sr: int, chunk_s: float, seed: int) -> t
 
 def indexing_row(size: str, model: StemJEPA, args) -> dict:
     from stemjepa.audio.io import load_audio
-    from stemjepa.search.index import build_index
+    from stemjepa.search import build_index
 
     sr, cs = model.sample_rate, model.chunk_samples
     chunk_s = cs / sr

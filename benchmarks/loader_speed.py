@@ -30,11 +30,11 @@ from stemjepa.data.sampling import ChunkPairDataset
 
 
 def write_synthetic_cache(out: Path, songs: int, stems: int, seconds: float, seed: int = 0) -> None:
-    from stemjepa.data.cache import finalize_cache, write_cache_song
+    from stemjepa.data.training_cache import finalize_cache, write_cache_song
+    from stemjepa.audio import SAMPLE_RATE as sr
     from stemjepa.data.multitrack import LoadedSong, Song, Stem
 
     rng = np.random.default_rng(seed)
-    sr = 16000
     n = int(seconds * sr)
     for i in range(songs):
         audio = rng.standard_normal((stems, n), dtype=np.float32) * 0.1
@@ -67,7 +67,7 @@ def measure(dataset: ChunkPairDataset, seconds: float, batch_size: int) -> float
 
 def run(cache_dir: Path, seconds: float, batch_size: int, chunk_samples: int) -> dict:
     from stemjepa.config import DataConfig
-    from stemjepa.data.cache import TrainingCache
+    from stemjepa.data.training_cache import TrainingCache
 
     torch.set_num_threads(1)  # as in a data-loader worker; several OpenMP threads on a busy machine slow copies down
     cache = TrainingCache(cache_dir)
@@ -101,7 +101,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-seconds", type=float, default=8.0)
     args = parser.parse_args()
-    chunk = int(args.chunk_seconds * 16000)
+    from stemjepa.audio import SAMPLE_RATE
+
+    chunk = int(args.chunk_seconds * SAMPLE_RATE)
     if args.cache:
         result = run(args.cache, args.seconds, args.batch_size, chunk)
     else:

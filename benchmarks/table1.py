@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from stemjepa.evaluation.metrics import METRIC_COLUMNS, METRIC_KEYS as METRICS  # noqa: E402
+from stemjepa.fsutil import atomic_write_text  # noqa: E402
 
 # (key, row name in Table I, paper config, tiny config, initialised from row)
 ROWS = [
@@ -31,8 +33,7 @@ ROWS = [
 ]
 BENCHMARKS = [("musdb", "fine", "MUSDB18"), ("moisesdb", "fine", "MoisesDB (fine conditioning)"),
               ("moisesdb", "coarse", "MoisesDB (coarse conditioning)")]
-METRICS = ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median")
-# Table I of the paper (percent): R@1, R@5, R@10, normalised mean rank, median rank
+# Table I of the paper (percent), in the order of METRICS: R@1, R@5, R@10, normalised mean rank, median rank
 PAPER = {
     "contrastive_baseline": [(2.2, 72.5, 86.0, 1.5, 0.7), (2.7, 31.2, 43.3, 7.7, 0.6), (2.7, 31.2, 43.3, 7.7, 0.6)],
     "stemjepa": [(33.0, 63.2, 76.2, 2.0, 0.5), (9.9, 24.1, 31.6, 11.7, 1.7), (9.9, 24.1, 31.6, 11.7, 1.7)],
@@ -59,9 +60,7 @@ class Steps:
 
     def mark(self, key: str, ckpt: Path) -> None:
         self.done[key] = _stamp(ckpt)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.done, indent=1))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.done, indent=1))
 
 
 def train_row(key: str, config: str, args, overrides: list[str], init: Path | None) -> Path:
@@ -123,8 +122,8 @@ def side_by_side(results: dict, pools: dict) -> str:
         if bench not in pools:
             continue
         lines = [f"### {title}: this run (paper)", "",
-                 "| model | R@1 | R@5 | R@10 | norm. mean rank | norm. median rank | pool median cosine |",
-                 "|---|---|---|---|---|---|---|"]
+                 "| model | " + " | ".join(f"norm. {h}" if "rank" in h else h for _, h in METRIC_COLUMNS) + " | pool median cosine |",
+                 "|---|" + "---|" * (len(METRIC_COLUMNS) + 1)]
         first = None
         for key, name, *_ in ROWS:
             m = results.get(key, {}).get((bench, cond))

@@ -426,7 +426,8 @@ def main(argv=None) -> int:
         ap.error("--train-songs must be at least 2 and --test-songs at least 1")
     command = "python benchmarks/train_default.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
-    from stemjepa.config import encoder_dims, load_config
+    from stemjepa.config import load_config
+    from stemjepa.models.encoder import encoder_dims
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -481,7 +482,7 @@ def main(argv=None) -> int:
     from stemjepa.models import load_model
 
     model = load_model(str(p2_ckpt), device="cpu")
-    mcfg = model.cfg.model
+    mcfg = model.config
     d, depth, heads = encoder_dims(mcfg.encoder)
     labels = list(getattr(getattr(model, "conditioner", None), "labels", []) or [])
     created = time.strftime("%Y-%m-%d %H:%M")
@@ -495,10 +496,10 @@ def main(argv=None) -> int:
         "summary": (f"tiny Stem-JEPA (phase 2, FiLM on MiniLM text) trained on {train_stats['songs']} General-MIDI "
                     f"synthetic songs ({train_stats['hours']} h, {len(sfs)} soundfont{'s' if len(sfs) > 1 else ''}); "
                     f"held-out R@10 {res['R@10']:.1f}% (chance {ev2['chance']['R@10']:.1f}%)"),
-        "architecture": {"phase": model.cfg.phase, "embed_dim": d, "depth": depth, "heads": heads,
+        "architecture": {"phase": model.phase, "embed_dim": d, "depth": depth, "heads": heads,
                          "chunk_seconds": mcfg.encoder.chunk_seconds, "patch_size": mcfg.encoder.patch_size,
                          "predictor_layers": mcfg.predictor.num_layers, "predictor_hidden": mcfg.predictor.hidden_dim,
-                         "predictor_conditioning": mcfg.predictor.conditioning,
+                         "predictor_conditioning": mcfg.predictor.fusion,
                          "conditioning": f"{mcfg.conditioning.kind} ({mcfg.conditioning.text_backend})",
                          "center_embeddings": mcfg.center_embeddings, "n_text_labels": len(labels),
                          "parameters": sum(p.numel() for p in model.parameters()),

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 # ----------------------------------------------------------------------------------------------------------------- data
 def build_cache(root: Path, n_songs: int, seconds: float, n_stems: int, seed: int = 0) -> Path:
     """A training cache of synthetic multitrack songs (harmonic tones and noise bursts at song-specific tempi)."""
-    from stemjepa.data.cache import finalize_cache, write_cache_song
+    from stemjepa.data.training_cache import finalize_cache, write_cache_song
+    from stemjepa.audio import SAMPLE_RATE as sr
     from stemjepa.data.multitrack import LoadedSong, Song, Stem
 
-    sr = 16000
     t = np.arange(int(seconds * sr), dtype=np.float32) / sr
     for i in range(n_songs):
         rng = np.random.default_rng([seed, i])

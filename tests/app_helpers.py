@@ -10,7 +10,7 @@ import soundfile as sf
 
 from stemjepa.audio.io import resample
 from stemjepa.search import build_index
-from stemjepa.search.index import load_checkpoint_model
+from stemjepa.models.registry import load_model
 
 MIX_SR = 22050  # uploads keep their own rate and channels: the downloads must follow them
 
@@ -23,7 +23,7 @@ def copy_library(toy_corpus: Path, dest: Path, songs: int = 4) -> Path:
 
 
 def index_library(library: Path, out: Path, checkpoint: Path) -> Path:
-    model = load_checkpoint_model(checkpoint, device="cpu")
+    model = load_model(checkpoint, device="cpu")
     summary = build_index(library, out, model, checkpoint=checkpoint, batch_size=8, progress=False)
     assert summary.failed == [], summary.failed
     return out

@@ -168,7 +168,7 @@ def test_musdb18_stem_mp4_streams_labels_and_decoding(tmp_path):
 
     loaded = load_song(song, sample_rate=16000)
     assert loaded.sample_rate == 16000 and loaded.audio.shape[0] == 4 and not loaded.skipped
-    # 1 s of AAC: the decoder may add a few hundred samples of padding (SPEC section 4)
+    # 1 s of AAC: the decoder may add up to one 2048-sample AAC frame of priming/padding
     assert 16000 <= loaded.audio.shape[1] <= 16000 + 2048 * 16000 // SR + 1
     for i, wave in enumerate(loaded.audio):
         assert peak_hz(wave, 16000) == pytest.approx(MUSDB_FREQS[i + 1], abs=3.0)

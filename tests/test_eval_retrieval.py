@@ -4,7 +4,6 @@ import hashlib
 import json
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from stemjepa.data.multitrack import Stem, load_song, read_folder
 from stemjepa.errors import StemJepaError
 from stemjepa.evaluation import compare_table, evaluate_retrieval
 from stemjepa.evaluation.retrieval import conditioning_label, is_silent, load_songs, other_stems_mix
+from stemjepa.models.inference import TrackEmbedding
 
 SR = 16000
 
@@ -53,27 +53,44 @@ def band_vector(wave: np.ndarray, n_bands: int = 48) -> np.ndarray:
     return np.log1p(np.bincount(idx, weights=spec, minlength=n_bands)).astype(np.float32)
 
 
+def track(vector: np.ndarray) -> TrackEmbedding:
+    """A one-chunk TrackEmbedding of `vector` (the benchmark only reads the track vector)."""
+    vector = np.asarray(vector, np.float32)
+    return TrackEmbedding(chunks=vector[None], offsets=np.zeros(1, np.float32), weights=np.ones(1, np.float32),
+                          vector=vector)
+
+
 class FakeModel:
-    """The inference API with a band-energy embedding. `oracle` maps a mix (by its bytes) to the stem it lacks, so the
+    """An EmbeddingModel with a band-energy embedding. `oracle` maps a mix (by its bytes) to the stem it lacks, so the
     query can equal its target exactly; without an entry the query is the mix embedding (a contrastive baseline)."""
 
     sample_rate = SR
+    chunk_samples = 8 * SR
+    embed_dim = 48
+    checkpoint_path = None
+    training_songs = None
+    precision = "auto"
 
     def __init__(self, model_id="fake-1", oracle=None, has_predictor=True):
         self.model_id = model_id
         self.oracle = oracle or {}
         self.has_predictor = has_predictor
+        self.conditioning_kind = "text" if has_predictor else "none"
         self.calls = Counter()
         self.labels_seen = []
 
-    def embed_many(self, waves):
-        self.calls["embed"] += len(waves)
-        return [SimpleNamespace(vector=band_vector(w)) for w in waves]
+    @property
+    def known_labels(self) -> list[str]:
+        return []  # text conditioning that records no training labels
 
-    def query_many(self, mixes, labels):
+    def embed_many(self, waves, batch_size=16, target=True, precision=None):
+        self.calls["embed"] += len(waves)
+        return [track(band_vector(w)) for w in waves]
+
+    def query_many(self, mixes, labels, batch_size=16, precision=None):
         self.calls["query"] += len(mixes)
         self.labels_seen += list(labels)
-        return [SimpleNamespace(vector=band_vector(self.oracle.get(_key(m), m))) for m in mixes]
+        return [track(band_vector(self.oracle.get(_key(m), m))) for m in mixes]
 
 
 def _key(wave: np.ndarray) -> str:
@@ -110,7 +127,7 @@ def test_queries_equal_to_targets_give_perfect_scores_and_all_outputs(corpus, tm
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     on_disk = json.loads((out / "metrics.json").read_text())
     for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median", "top1_k64", "n_queries", "n_pool",
-              "checkpoint", "dataset", "split", "conditioning", "n_silent_excluded", "seconds"):
+              "checkpoint", "dataset", "split", "label_level", "n_silent_excluded", "seconds"):
         assert k in on_disk, k
     assert (out / "fig2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rankings = (out / "rankings.csv").read_text().splitlines()
@@ -165,7 +182,7 @@ def test_refuses_results_of_another_checkpoint(corpus, tmp_path):
     evaluate_retrieval(FakeModel("a"), corpus, out_dir=out, progress=False)  # a re-run is fine
     with pytest.raises(StemJepaError, match="another"):
         evaluate_retrieval(FakeModel("b"), corpus, out_dir=out, progress=False)
-    with pytest.raises(StemJepaError, match="conditioning"):
+    with pytest.raises(StemJepaError, match="label_level='fine' \\(now 'coarse'\\)"):
         evaluate_retrieval(FakeModel("a"), corpus, "coarse", out_dir=out, progress=False)
     m = evaluate_retrieval(FakeModel("b"), corpus, out_dir=out, overwrite=True, progress=False)
     assert json.loads((out / "metrics.json").read_text())["model_id"] == "b" == m["model_id"]
@@ -261,6 +278,32 @@ def test_cli_retrieval_and_compare(tmp_path, monkeypatch, capsys):
     assert main(["eval", "compare", str(tmp_path / "nothing")]) == 2
     assert main(["eval", "retrieval", "--checkpoint", str(tmp_path / "no.ckpt"), "--dataset", "folder",
                  "--root", str(root), "--out", str(out)]) == 2
+
+
+def test_results_written_before_the_label_level_rename_stay_readable(corpus, tmp_path):
+    out = tmp_path / "run"
+    evaluate_retrieval(FakeModel("a"), corpus, "coarse", out, progress=False)
+    old = json.loads((out / "metrics.json").read_text())
+    old["conditioning"] = old.pop("label_level")  # how metrics.json spelt it before
+    (out / "metrics.json").write_text(json.dumps(old))
+    assert compare_table([out]).startswith("Benchmark: folder coarse (percent)")
+    evaluate_retrieval(FakeModel("a"), corpus, "coarse", out, progress=False)  # the same evaluation: no refusal
+    with pytest.raises(StemJepaError, match="label_level"):
+        evaluate_retrieval(FakeModel("a"), corpus, "fine", out, progress=False)
+
+
+@pytest.mark.parametrize("flag", ["--label-level", "--conditioning"])
+def test_cli_label_level_keeps_its_old_spelling(tmp_path, monkeypatch, flag):
+    root = write_corpus(tmp_path / "corpus", n_songs=2, silent_stem=False)
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(b"x")
+    fake = FakeModel("cli")
+    monkeypatch.setattr("stemjepa.models.load_model", lambda path, device=None: fake)
+    out = tmp_path / "eval"
+    assert main(["eval", "retrieval", "--checkpoint", str(ckpt), "--dataset", "folder", "--root", str(root),
+                 "--out", str(out), flag, "coarse"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["label_level"] == "coarse"
+    assert "bass" in fake.labels_seen and "bass guitar" not in fake.labels_seen
 
 
 def test_load_songs_folder_split(tmp_path):

@@ -47,7 +47,7 @@ def _centred_model():
     from stemjepa.models.stemjepa import StemJEPA
 
     cfg = load_config("tiny_phase1", ["model.encoder.depth=1", "model.center_embeddings=true"])
-    return StemJEPA(cfg).eval()
+    return StemJEPA(cfg.model, cfg.phase).eval()
 
 
 def test_running_centres_start_exact_then_follow_the_momentum():
@@ -58,7 +58,7 @@ def test_running_centres_start_exact_then_follow_the_momentum():
     assert torch.allclose(model.reference_center, b.mean(0), atol=1e-6)
     model.update_centers(a + 1, b)  # second batch: the exact mean of both
     assert torch.allclose(model.query_center, a.mean(0) + 0.5, atol=1e-6)
-    m = model.cfg.model.center_momentum
+    m = model.config.center_momentum
     for _ in range(int(2 / m)):
         model.update_centers(a + 1, b)
     before = model.query_center.clone()
@@ -158,3 +158,36 @@ def test_last_logged_takes_each_diagnostics_latest_value_over_log_versions(tmp_p
         folder.mkdir(parents=True)
         (folder / "metrics.csv").write_text(rows)
     assert last_logged(tmp_path) == {"loss": 2.0, "top1": 0.1, "rankme": 7.5}
+
+
+def test_phase1_temperature_starts_at_its_config_value_and_is_floored_by_it():
+    import math
+
+    import lightning as L
+
+    from stemjepa.config import load_config
+    from stemjepa.training.module import StemJEPAModule
+
+    cfg = load_config("tiny_phase1", ["model.encoder.depth=1", "contrastive.temperature_init=0.2",
+                                      "contrastive.temperature_min=0.05"])
+    module = StemJEPAModule(cfg)
+    assert module.model.log_temperature.item() == pytest.approx(math.log(0.2))  # saved under its old key
+    module.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                               enable_checkpointing=False)
+    with torch.no_grad():
+        module.model.log_temperature.fill_(math.log(0.001))
+    _, extra = module.compute_loss(_batch(module.model))
+    assert extra["temperature"].item() == pytest.approx(0.05)
+
+
+def test_text_dim_is_recorded_in_the_training_config_not_by_the_model(monkeypatch):
+    from stemjepa.config import load_config
+    from stemjepa.models import conditioning
+    from stemjepa.training import module as module_mod
+
+    monkeypatch.setattr(module_mod, "text_dim", lambda backend, clap_model: 12)
+    monkeypatch.setattr(conditioning, "text_dim", lambda backend, clap_model: pytest.fail("the model asked the encoder"))
+    cfg = load_config("tiny", ["model.encoder.depth=1", "model.predictor.num_layers=2"])
+    assert cfg.model.conditioning.text_dim is None
+    module = module_mod.StemJEPAModule(cfg)
+    assert cfg.model.conditioning.text_dim == 12 == module.model.conditioner.dim  # the checkpoint saves cfg

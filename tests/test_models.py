@@ -32,7 +32,7 @@ def test_sincos_positions_split_time_and_frequency():
 
 
 def test_film_shapes_and_condition_changes_output():
-    pred = Predictor(embed_dim=16, cond_dim=6, hidden_dim=32, num_layers=6, conditioning="film")
+    pred = Predictor(embed_dim=16, cond_dim=6, hidden_dim=32, num_layers=6, fusion="film")
     gamma, beta = pred.film_params(torch.randn(2, 6))
     assert gamma.shape == beta.shape == (2, 5, 32)  # one (gamma, beta) pair per hidden layer l = 1..L-1
     z = torch.randn(2, 5, 50, 16)
@@ -47,7 +47,7 @@ def test_film_shapes_and_condition_changes_output():
 
 
 def test_film_equation_5_by_hand():
-    pred = Predictor(embed_dim=3, cond_dim=2, hidden_dim=4, num_layers=2, conditioning="film", final_norm=False)
+    pred = Predictor(embed_dim=3, cond_dim=2, hidden_dim=4, num_layers=2, fusion="film", final_norm=False)
     z, c = torch.randn(1, 1, 3), torch.randn(1, 2)
     gamma, beta = pred.film_params(c)
     h1 = pred.layers[0](z)
@@ -56,7 +56,7 @@ def test_film_equation_5_by_hand():
 
 
 def test_concat_conditioning_appends_c_to_each_token():
-    pred = Predictor(embed_dim=8, cond_dim=3, hidden_dim=16, num_layers=3, conditioning="concat")
+    pred = Predictor(embed_dim=8, cond_dim=3, hidden_dim=16, num_layers=3, fusion="concat")
     assert pred.layers[0].in_features == 11
     z = torch.randn(2, 10, 8)
     assert not torch.allclose(pred(z, torch.zeros(2, 3)), pred(z, torch.ones(2, 3)))
@@ -153,7 +153,7 @@ def test_every_config_builds():
     paper = load_config("paper_phase2")
     assert (paper.data.batch_size, paper.max_steps, paper.optim.warmup_steps, paper.optim.lr) == (256, 300000, 20000, 1e-3)
     assert paper.model.predictor.num_layers == 6 and paper.model.predictor.hidden_dim == 1024
-    assert paper.model.conditioning.text_backend == "clap" and paper.model.predictor.conditioning == "film"
+    assert paper.model.conditioning.text_backend == "clap" and paper.model.predictor.fusion == "film"
 
 
 def test_config_errors_are_clear():
@@ -201,3 +201,105 @@ def test_config_values_are_typed_and_checked():
                          ("max_steps=1.5", "not a valid int")]:
         with pytest.raises(ConfigError, match=message):
             load_config("tiny", [bad])
+
+
+def test_predictor_fusion_key_and_its_old_name_conditioning():
+    from stemjepa.config import from_dict, to_dict
+    from stemjepa.errors import ConfigError
+
+    old = from_dict({"phase": 2, "model": {"predictor": {"conditioning": "concat", "num_layers": 3}}})  # old files
+    assert old.model.predictor.fusion == "concat" and old.model.predictor.num_layers == 3
+    assert "conditioning" not in to_dict(old)["model"]["predictor"]  # written again under the new name
+    assert load_config("tiny", ["model.predictor.conditioning=concat"]).model.predictor.fusion == "concat"  # old override
+    assert load_config("tiny", ["model.predictor.fusion=concat"]).model.predictor.fusion == "concat"
+    with pytest.raises(ConfigError, match="old name of 'fusion'"):
+        from_dict({"model": {"predictor": {"conditioning": "concat", "fusion": "film"}}})
+    with pytest.raises(ConfigError, match="not one of film, concat"):
+        load_config("tiny", ["model.predictor.fusion=sum"])
+
+
+def test_old_yaml_key_is_migrated_before_its_base_is_merged(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("base: tiny\nmodel:\n  predictor: {conditioning: concat}\n")  # tiny.yaml says fusion: film
+    cfg = load_config(str(old))
+    assert cfg.model.predictor.fusion == "concat" and cfg.model.predictor.hidden_dim == 256
+
+
+def test_closed_choices_are_literal_types_checked_and_coerced():
+    from stemjepa.errors import ConfigError
+
+    assert load_config("tiny", ["precision=32"]).precision == "32"  # YAML reads 32 as an int
+    assert load_config("tiny", ["phase=1"]).phase == 1
+    for override, message in [("phase=3", "not one of 1, 2"), ("model.conditioning.kind=words", "not one of classes, text"),
+                              ("data.label_level=finest", "not one of random"), ("jepa.loss_reduction=max", "mean, sum")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("tiny", [override])
+
+
+def test_model_is_built_from_its_model_config_and_phase_alone():
+    from stemjepa.config import ModelConfig
+    from stemjepa.models.stemjepa import StemJEPA
+
+    cfg = load_config("tiny", ["model.encoder.depth=1", "model.conditioning.kind=classes", "model.conditioning.class_dim=8"])
+    model = StemJEPA(cfg.model, 2)
+    assert isinstance(model.config, ModelConfig) and model.phase == 2 and model.has_predictor
+    assert model.predictor.fusion == cfg.model.predictor.fusion
+    p1 = StemJEPA(cfg.model, 1)
+    assert not p1.has_predictor and "log_temperature" in p1.state_dict()  # the phase-1 temperature keeps its key
+    with pytest.raises(ValueError, match="phase must be 1 or 2"):
+        StemJEPA(cfg.model, 3)
+
+
+def test_encoder_size_presets_live_beside_the_encoder():
+    from stemjepa.config import EncoderConfig
+    from stemjepa.errors import ConfigError
+    from stemjepa.models.encoder import ENCODER_SIZES, encoder_dims
+
+    assert encoder_dims(EncoderConfig(size="tiny")) == (192, 4, 3) and set(ENCODER_SIZES) == {"tiny", "small", "base"}
+    assert encoder_dims(EncoderConfig(size="tiny", depth=1)) == (192, 1, 3)
+    assert encoder_dims(EncoderConfig(size="custom", embed_dim=64, depth=2, num_heads=4)) == (64, 2, 4)
+    with pytest.raises(ConfigError, match="unknown"):
+        encoder_dims(EncoderConfig(size="huge"))
+
+
+def test_text_queries_leave_the_state_dict_and_config_unchanged(monkeypatch):
+    import numpy as np
+
+    from stemjepa.models import conditioning
+    from stemjepa.models.digest import weights_digest
+
+    calls = []
+
+    class FakeText:
+        def encode(self, labels):
+            calls.append(list(labels))
+            return np.stack([np.full(4, float(len(l)), dtype=np.float32) for l in labels])
+
+    monkeypatch.setattr(conditioning, "get_text_encoder", lambda backend, clap_model: FakeText())
+    monkeypatch.setattr(conditioning, "text_dim", lambda backend, clap_model: 4)
+    cfg = ConditioningConfig(kind="text", text_backend="minilm")
+    cond = conditioning.TextConditioner(cfg)
+    assert cond.dim == 4 and cfg.text_dim is None  # the conditioner does not write into the config
+    cond.add_labels(["Bass", "drums"])  # training labels: the saved table
+    before, digest = {k: v.clone() for k, v in cond.state_dict().items() if torch.is_tensor(v)}, weights_digest(cond)
+    c = cond(["bass", "a kazoo", "drums", "a kazoo"])
+    assert torch.equal(c[0], before["table"][0]) and torch.equal(c[1], c[3]) and c[1, 0] == len("a kazoo")
+    assert cond(["a kazoo"]).shape == (1, 4) and calls == [["bass", "drums"], ["a kazoo"]]  # embedded once, then cached
+    assert weights_digest(cond) == digest and cond.labels == ["bass", "drums"]  # queries change no saved state
+    assert set(cond.state_dict()) == set(before) | {"_extra_state"}
+    fresh = conditioning.TextConditioner(cfg)
+    fresh.load_state_dict(cond.state_dict())
+    assert fresh.labels == ["bass", "drums"] and torch.equal(fresh(["drums"]), c[2:3])
+
+
+def test_a_model_built_without_a_recipe_exports_its_model_config_and_phase(tmp_path):
+    from stemjepa.models.export import export_model, load_export, read_export
+    from stemjepa.models.stemjepa import StemJEPA
+
+    cfg = load_config("tiny_phase1", ["model.encoder.depth=1"])
+    model = StemJEPA(cfg.model, 1)
+    export_model(model, tmp_path / "m.safetensors")
+    saved = read_export(tmp_path / "m.safetensors")[1]["config"]
+    assert saved["phase"] == 1 and saved["model"]["encoder"]["depth"] == 1 and "optim" not in saved
+    loaded = load_export(tmp_path / "m.safetensors", device="cpu")
+    assert loaded.model_id == model.model_id and loaded.config == model.config and loaded.phase == 1

@@ -154,7 +154,7 @@ def test_bad_exports_are_refused_in_one_line(exported, tmp_path, capsys):
 
 def test_index_accepts_the_export_of_its_checkpoint_with_identical_results(exported, tiny_checkpoint, tmp_path):
     from stemjepa.models import load_model
-    from stemjepa.search.index import StemIndex, build_index
+    from stemjepa.search import StemIndex, build_index
 
     root, songs = library(tmp_path / "lib")
     ckpt_model = load_model(str(tiny_checkpoint), device="cpu")
@@ -228,6 +228,26 @@ def test_builtin_model_loads_offline_by_name_and_path_and_embeds(monkeypatch):
     assert stemjepa.load_model(name, device="cpu").model_id == by_default.model_id  # stable across loads
 
 
+def test_builtin_model_id_is_the_card_id_and_queries_do_not_change_it(monkeypatch):
+    import stemjepa
+    from stemjepa.models.digest import weights_digest
+    from stemjepa.models.export import read_export
+    from stemjepa.models.registry import canonical_name
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("STEMJEPA_WEIGHTS_DIR", raising=False)
+    entry = builtin_or_skip()[canonical_name("default")]
+    assert json.loads(entry.file.with_suffix(".json").read_text())["model_id"] == "880a38d19dce618b"
+    model = stemjepa.load_model("default", device="cpu")
+    assert model.model_id == "880a38d19dce618b" == weights_digest(model)[:16]
+    # written before `model.predictor.conditioning` was renamed `fusion`: the old key still loads
+    assert "conditioning" in read_export(entry.file)[1]["config"]["model"]["predictor"]
+    assert model.config.predictor.fusion == "film"
+    known = model.known_labels
+    model.query(wave(), "a label no training song had")
+    assert weights_digest(model)[:16] == model.model_id and model.known_labels == known
+
+
 def test_builtin_model_id_is_stable_across_export(tmp_path):
     from stemjepa.cli.main import main
     from stemjepa.models import load_model
@@ -237,6 +257,10 @@ def test_builtin_model_id_is_stable_across_export(tmp_path):
     assert main(["export", "default", str(out)]) == 0
     a, b = load_model("default", device="cpu"), load_model(str(out), device="cpu")
     assert a.model_id == b.model_id
+    from stemjepa.models.export import read_export
+
+    saved = read_export(out)[1]["config"]
+    assert saved["model"]["predictor"]["fusion"] == "film" and saved["name"] == a.training_config.name  # recipe kept
     np.testing.assert_array_equal(a.embed(wave()).vector, b.embed(wave()).vector)
 
 
@@ -282,7 +306,7 @@ def test_model_option_everywhere_with_checkpoint_alias():
 def test_index_and_query_work_with_no_model_argument(tmp_path, capsys):
     from stemjepa.cli.main import main
     from stemjepa.models.registry import DEFAULT, canonical_name
-    from stemjepa.search.index import StemIndex
+    from stemjepa.search import StemIndex
 
     builtin_or_skip()
     root, songs = library(tmp_path / "stems")

@@ -32,7 +32,7 @@ def phase2_model():
     torch.manual_seed(0)
     cfg = load_config("tiny", ["model.conditioning.kind=classes", "model.encoder.depth=2"])
     cfg.model.conditioning.classes = ["bass", "drums", "music"]
-    model = StemJEPA(cfg).eval()
+    model = StemJEPA(cfg.model, cfg.phase).eval()
     with torch.no_grad():  # non-zero centres and a target encoder that differs from the context encoder
         model.query_center.normal_(0, 0.1)
         model.reference_center.normal_(0, 0.1)
@@ -81,7 +81,7 @@ def test_export_and_onnxruntime_agree_with_pytorch(phase2_model, tmp_path):
 
 def test_phase1_export_has_no_condition_input(tmp_path):
     torch.manual_seed(1)
-    model = StemJEPA(load_config("tiny_phase1", ["model.encoder.depth=1"])).eval()
+    model = StemJEPA(load_config("tiny_phase1", ["model.encoder.depth=1"]).model, 1).eval()
     files = export_onnx(model, tmp_path / "p1")
     assert sorted(p.name for p in files) == ["p1.onnx.json", "p1.query.onnx", "p1.reference.onnx"]
     session = ort.InferenceSession(str(tmp_path / "p1.query.onnx"), providers=["CPUExecutionProvider"])

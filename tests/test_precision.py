@@ -18,7 +18,7 @@ def tiny_model():
     torch.manual_seed(0)
     cfg = load_config("tiny", ["model.conditioning.kind=classes", "model.encoder.depth=2"])
     cfg.model.conditioning.classes = ["bass", "drums", "piano", "music"]
-    return StemJEPA(cfg).eval()
+    return StemJEPA(cfg.model, cfg.phase).eval()
 
 
 def waves(n, seed=0, max_seconds=9.0):

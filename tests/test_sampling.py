@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 
 from stemjepa.config import DataConfig
-from stemjepa.data.cache import TrainingCache, frame_rms_db
+from stemjepa.data.training_cache import TrainingCache, frame_rms_db
 from stemjepa.data.sampling import ChunkPairDataset, OffsetSampler, collate_pairs, mix_context, pick_label
 from stemjepa.errors import DataError
 from stemjepa.training.fit import prepare_folder_cache

@@ -73,8 +73,6 @@ def test_align_loops_and_trims_at_the_offset():
 
 
 def test_query_export_writes_candidates_aligned_to_the_mix(tmp_path, monkeypatch, capsys):
-    from stemjepa.search import index as index_mod
-
     root = tmp_path / "stems"
     # 7 s stem in 2 s chunks: noise, noise, 98 Hz tone (4-6 s), noise -> the fake matches it at 4 s
     long = np.concatenate([noise(4.0, 0.3, seed=1), tone(98.0, 2.0), noise(1.0, 0.3, seed=2)])
@@ -82,7 +80,7 @@ def test_query_export_writes_candidates_aligned_to_the_mix(tmp_path, monkeypatch
     write(root / "other.wav", tone(220.0, 3.0))
     ckpt = tmp_path / "fake.ckpt"
     ckpt.write_bytes(b"x")
-    monkeypatch.setattr(index_mod, "load_checkpoint_model", lambda path, device=None: FakeModel())
+    monkeypatch.setattr("stemjepa.models.registry.load_model", lambda path, device=None: FakeModel())
     assert main(["index", str(root), "--checkpoint", str(ckpt), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
     mix_sr = 22050  # the mix's own rate and channels, not the model's
     mono = resample(tone(4 * 98.0, 5.0, 0.2), SR, mix_sr)

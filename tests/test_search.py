@@ -213,12 +213,11 @@ def test_refusals(library, tmp_path):
 
 def test_cli_index_and_query(library, tmp_path, monkeypatch, capsys):
     from stemjepa.cli.main import main
-    from stemjepa.search import index as index_mod
 
     root, songs = library
     ckpt = tmp_path / "fake.ckpt"
     ckpt.write_bytes(b"x")
-    monkeypatch.setattr(index_mod, "load_checkpoint_model", lambda path, device=None: FakeModel())
+    monkeypatch.setattr("stemjepa.models.registry.load_model", lambda path, device=None: FakeModel())
     (root / "bad.wav").write_bytes(b"nope")
     assert main(["index", str(root), "--checkpoint", str(ckpt), "--out", str(tmp_path / "idx"), "--quiet"]) == 1
     out = capsys.readouterr().out

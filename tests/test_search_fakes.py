@@ -1,4 +1,4 @@
-"""A fake model with the inference API of docs/ARCHITECTURE.md whose answers are known, and tone libraries for it.
+"""A fake model (an `EmbeddingModel`, stemjepa.models.protocol) whose answers are known, and tone libraries for it.
 
 Embedding: per 2 s chunk, the RMS amplitude in 32 log-spaced frequency bands (a pure tone is ~one band). Query
 ("predict the missing stem"): the fake reads the mix's strongest tone f0 and, for "bass", predicts a tone at f0 / 4
@@ -8,25 +8,18 @@ Also importable by the subprocess of the kill test (tests/ on sys.path).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from stemjepa.models.inference import TrackEmbedding
 
 SR = 16000
 CHUNK = 2 * SR
 PATCH = 2560
 BANDS = np.geomspace(40.0, 7900.0, 33)
 BASS_ROOTS = [55.0, 73.4, 98.0, 130.8, 174.6]  # ~5 semitones apart: distinct bands
-
-
-@dataclass
-class FakeEmbedding:
-    chunks: np.ndarray
-    offsets: np.ndarray
-    weights: np.ndarray
-    vector: np.ndarray
 
 
 def band_features(x: np.ndarray) -> np.ndarray:
@@ -37,13 +30,17 @@ def band_features(x: np.ndarray) -> np.ndarray:
 
 
 class FakeModel:
-    """Deterministic stand-in for StemJEPA: same attributes and methods as the real inference API."""
+    """Deterministic stand-in for StemJEPA: the EmbeddingModel protocol (precision is accepted and ignored)."""
 
     sample_rate = SR
     chunk_samples = CHUNK
     patch_seconds = PATCH / SR
     embed_dim = 32
     has_predictor = True
+    conditioning_kind = "text"
+    checkpoint_path = None
+    training_songs = None
+    precision = "auto"
 
     def __init__(self, model_id: str = "fake-0001", delay: float = 0.0):
         self.model_id = model_id
@@ -51,16 +48,20 @@ class FakeModel:
         self.embedded = 0  # files embedded so far
         self.query_calls = 0
 
-    def _track(self, wave: np.ndarray) -> FakeEmbedding:
+    @property
+    def known_labels(self) -> list[str]:
+        return ["bass", "drums", "keys"]
+
+    def _track(self, wave: np.ndarray) -> TrackEmbedding:
         n = max(1, -(-len(wave) // CHUNK))
         padded = np.zeros(n * CHUNK, np.float32)
         padded[:len(wave)] = wave
         chunks = np.stack([band_features(c) for c in padded.reshape(n, CHUNK)])
         weights = np.array([max(1, min(CHUNK, len(wave) - i * CHUNK) // PATCH) for i in range(n)], np.float32)
         vector = (chunks * weights[:, None]).sum(0) / weights.sum()
-        return FakeEmbedding(chunks, (np.arange(n) * CHUNK / SR).astype(np.float32), weights, vector.astype(np.float32))
+        return TrackEmbedding(chunks, (np.arange(n) * CHUNK / SR).astype(np.float32), weights, vector.astype(np.float32))
 
-    def embed_many(self, waves, batch_size: int = 16):
+    def embed_many(self, waves, batch_size: int = 16, target: bool = True, precision: str | None = None):
         out = []
         for w in waves:
             if self.delay:
@@ -72,7 +73,7 @@ class FakeModel:
     def embed(self, wave, batch_size: int = 16):
         return self.embed_many([wave], batch_size)[0]
 
-    def query_many(self, mixes, labels, batch_size: int = 16):
+    def query_many(self, mixes, labels, batch_size: int = 16, precision: str | None = None):
         self.query_calls += 1
         out = []
         for mix, label in zip(mixes, labels):

@@ -2,12 +2,11 @@
 scores, the reference encoder, the training-songs overlap check and the Fig. 2 label colours."""
 import json
 import logging
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
-from test_eval_retrieval import FakeModel, band_vector, oracle_for, write_corpus
+from test_eval_retrieval import FakeModel, band_vector, oracle_for, track, write_corpus
 
 from stemjepa.cli.main import main
 from stemjepa.data.multitrack import read_folder
@@ -95,11 +94,12 @@ def test_metrics_json_and_report_state_pool_chance_distance_and_encoder(corpus, 
 class CollapsedModel(FakeModel):
     """Every embedding is one shared vector plus a whisper of the input's own: the state of a collapsed encoder."""
 
-    def embed_many(self, waves, target=True):
+    def embed_many(self, waves, batch_size=16, target=True, precision=None):
         common = np.linspace(1.0, 2.0, 48, dtype=np.float32)
-        return [SimpleNamespace(vector=common + 1e-4 * band_vector(w)) for w in waves]
+        return [track(common + 1e-4 * band_vector(w)) for w in waves]
 
-    query_many = lambda self, mixes, labels: self.embed_many(mixes)  # noqa: E731
+    def query_many(self, mixes, labels, batch_size=16, precision=None):
+        return self.embed_many(mixes)
 
 
 def test_a_collapsed_pool_is_flagged_loudly(corpus, tmp_path, caplog):
@@ -111,17 +111,17 @@ def test_a_collapsed_pool_is_flagged_loudly(corpus, tmp_path, caplog):
     rng = np.random.default_rng(0)
 
     class Spread(FakeModel):
-        def embed_many(self, waves):
-            return [SimpleNamespace(vector=rng.standard_normal(48).astype(np.float32)) for _ in waves]
+        def embed_many(self, waves, batch_size=16, target=True, precision=None):
+            return [track(rng.standard_normal(48).astype(np.float32)) for _ in waves]
 
     assert evaluate_retrieval(Spread(), corpus, "fine", tmp_path / "spread", progress=False)["pool_diagnostics"]["collapsed"] is False
 
 
 def test_reference_encoder_context_embeds_the_pool_with_the_context_encoder(corpus, tmp_path):
     class Recording(FakeModel):
-        def embed_many(self, waves, target=True):
+        def embed_many(self, waves, batch_size=16, target=True, precision=None):
             self.calls[f"target={target}"] += len(waves)
-            return super().embed_many(waves)
+            return super().embed_many(waves, batch_size, target, precision)
 
     model = Recording()
     m = evaluate_retrieval(model, corpus, "fine", tmp_path / "ctx", reference_encoder="context", progress=False)
@@ -131,7 +131,7 @@ def test_reference_encoder_context_embeds_the_pool_with_the_context_encoder(corp
 
 
 def _training_record(root):
-    from stemjepa.data.cache import TrainingCache
+    from stemjepa.data.training_cache import TrainingCache
     from stemjepa.data.prepare import prepare
     from stemjepa.data.provenance import training_songs
 
@@ -210,7 +210,7 @@ def test_fig2_colours_reach_the_csv(tmp_path):
 def test_prepare_defaults_to_the_training_split(tmp_path):
     from test_datasets import make_musdb18hq
 
-    from stemjepa.data.cache import TrainingCache
+    from stemjepa.data.training_cache import TrainingCache
 
     root = make_musdb18hq(tmp_path / "musdb18hq")
     assert main(["prepare", "--dataset", "musdb18hq", "--root", str(root), "--out", str(tmp_path / "c"), "--jobs", "1",

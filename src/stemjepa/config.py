@@ -10,20 +10,30 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from .audio import SAMPLE_RATE
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
+# closed choices, checked when a config is built (a typo fails here, not deep inside training)
+Phase = Literal[1, 2]  # 1: contrastive pretraining of the encoder; 2: JEPA with the EMA target encoder
+ConditioningKind = Literal["classes", "text"]
+TextBackend = Literal["minilm", "clap"]
+Fusion = Literal["film", "concat"]  # how the predictor takes the condition c: concatenated, or FiLM (Eq. 5)
+LabelLevel = Literal["random", "fine", "coarse"]
+LossReduction = Literal["mean", "sum"]
+Precision = Literal["auto", "32", "32-true", "bf16-mixed", "16-mixed"]
+
 
 @dataclass
 class FrontendConfig:
-    """Log-mel front-end (SPEC section 2)."""
+    """Log-mel front-end: 80 mel bands of 25 ms windows every 10 ms, log-compressed and standardised."""
 
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     n_fft: int = 400
     win_length: int = 400
     hop_length: int = 160
@@ -37,9 +47,9 @@ class FrontendConfig:
 
 @dataclass
 class EncoderConfig:
-    """ViT encoder f_theta. `size` picks defaults; explicit dims override them."""
+    """ViT encoder f_theta. `size` picks a preset (models.encoder.ENCODER_SIZES); explicit dims override it."""
 
-    size: str = "base"
+    size: str = "base"  # a preset name; any name when all three dims are given
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
@@ -52,10 +62,10 @@ class EncoderConfig:
 class ConditioningConfig:
     """How the instrument c reaches the predictor: `classes` (learned embedding per class) or `text` (frozen text encoder)."""
 
-    kind: str = "text"  # "classes" | "text"
-    text_backend: str = "minilm"  # "minilm" | "clap"
+    kind: ConditioningKind = "text"
+    text_backend: TextBackend = "minilm"
     clap_model: str = "laion/larger_clap_music"  # local directory or a model id in the local Hugging Face cache
-    text_dim: int | None = None  # filled in from the text encoder at training time, so loading a checkpoint needs no encoder
+    text_dim: int | None = None  # recorded from the text encoder at training time, so loading a checkpoint needs no encoder
     classes: list[str] = field(default_factory=lambda: ["bass", "drums", "vocals", "other"])
     class_fallback: str = "other"
     class_dim: int = 768
@@ -63,11 +73,11 @@ class ConditioningConfig:
 
 @dataclass
 class PredictorConfig:
-    """Token-wise MLP g_phi: L layers, m hidden units, conditioning by `concat` (Stem-JEPA) or `film` (Eq. 5)."""
+    """Token-wise MLP g_phi: L layers, m hidden units, the condition fused by `concat` (Stem-JEPA) or `film` (Eq. 5)."""
 
     num_layers: int = 6
     hidden_dim: int = 1024
-    conditioning: str = "film"  # "film" | "concat"
+    fusion: Fusion = "film"  # named `conditioning` before; old files and YAML are migrated (RENAMED)
     final_norm: bool = True
 
 
@@ -117,7 +127,7 @@ class JEPAConfig:
 
     ema_tau_start: float = 0.99995
     ema_tau_end: float = 0.99999
-    loss_reduction: str = "mean"  # "mean" over tokens (Stem-JEPA code) or "sum" (Eq. 3 as written)
+    loss_reduction: LossReduction = "mean"  # "mean" over tokens (Stem-JEPA code) or "sum" (Eq. 3 as written)
     standardize_targets: bool = True
     # Not in the paper (0 in the paper configs): weight of an InfoNCE term between the pooled prediction and the pooled
     # target (in-batch negatives, plus a stem of the mix with contrastive.context_negatives), added to Eq. 3. Eq. 3 alone
@@ -136,7 +146,7 @@ class DataConfig:
     activity_db: float = -50.0  # a frame is active above this RMS level (dBFS)
     min_active_fraction: float = 0.25  # a stem is active in a chunk if this fraction of its frames is
     max_context_stems: int = 8
-    label_level: str = "random"  # "random" (phase 2, paper) | "fine" | "coarse"
+    label_level: LabelLevel = "random"  # "random" (phase 2, paper) | "fine" | "coarse"
     unlabelled: str = "music"
     split: str | None = "train"
     gain_db: float = 0.0  # random per-stem gain in [-gain_db, +gain_db] when mixing the context
@@ -147,7 +157,7 @@ class TrainConfig:
     """One training phase. phase=1: contrastive pretraining of the encoder; phase=2: JEPA with EMA target encoder."""
 
     name: str = "paper_phase2"
-    phase: int = 2
+    phase: Phase = 2
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
@@ -155,7 +165,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     max_steps: int = 300000
     seed: int = 0
-    precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "32", "bf16-mixed"
+    precision: Precision = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "32", "bf16-mixed"
     compile: bool | None = None  # None: torch.compile on CUDA only
     log_every: int = 50
     checkpoint_every: int = 5000
@@ -169,9 +179,53 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# keys renamed since configs were first saved: {section class: {old key: new key}}; checkpoints, exports and YAML files
+# written with the old key still load
+RENAMED = {PredictorConfig: {"conditioning": "fusion"}}
+
+
+def _migrate(cls, data: dict, where: str) -> dict:
+    """`data` with the old names of `cls`'s keys replaced by the new ones; both at once is an error."""
+    renames = RENAMED.get(cls, {})
+    if not any(old in data for old in renames):
+        return data
+    data = dict(data)
+    for old, new in renames.items():
+        if old in data:
+            if new in data:
+                raise ConfigError(f"{where}: {old!r} is the old name of {new!r}; give only {new!r}")
+            data[new] = data.pop(old)
+    return data
+
+
+def _migrate_tree(cls, data, where: str):
+    """_migrate applied to every section of `data` (one YAML file, before it is merged with its base)."""
+    if not isinstance(data, dict):
+        return data
+    data = _migrate(cls, data, where)
+    return {k: _migrate_tree(sub, v, f"{where}.{k}") if (sub := _section(cls, k)) else v for k, v in data.items()}
+
+
+def _migrate_path(keys: list[str]) -> list[str]:
+    """An override's key path with old key names replaced (`model.predictor.conditioning` -> `model.predictor.fusion`)."""
+    cls, out = TrainConfig, []
+    for k in keys:
+        k = RENAMED.get(cls, {}).get(k, k)
+        out.append(k)
+        cls = _section(cls, k) if cls is not None else None
+    return out
+
+
+def _section(cls, key):
+    """The dataclass of section `key` of `cls`; None for a plain field or an unknown key (reported later by _build)."""
+    hint = typing.get_type_hints(cls).get(key)
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
 def _build(cls, data: dict, where: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = _migrate(cls, data, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -185,14 +239,6 @@ def _build(cls, data: dict, where: str):
 def _nested_type(cls, key):
     hint = typing.get_type_hints(cls)[key]
     return hint if dataclasses.is_dataclass(hint) else None
-
-
-# fields with a fixed set of values, checked when a config is built (a typo fails here, not deep inside training)
-CHOICES = {
-    "phase": (1, 2), "kind": ("classes", "text"), "text_backend": ("minilm", "clap"), "conditioning": ("film", "concat"),
-    "label_level": ("random", "fine", "coarse"), "loss_reduction": ("mean", "sum"),
-    "precision": ("auto", "32", "32-true", "bf16-mixed", "16-mixed"),
-}
 
 
 def _positive(v) -> bool:
@@ -248,6 +294,9 @@ def _coerce(cls, key: str, value, where: str):
     if value is None and optional:
         return None
     base = members[0] if members else hint
+    choices = typing.get_args(base) if typing.get_origin(base) is Literal else None
+    if choices:  # a closed choice: coerce to the type of its values (YAML `precision: 32` is the int 32), then check
+        base = type(choices[0])
     try:
         if base is bool:
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
@@ -273,8 +322,8 @@ def _coerce(cls, key: str, value, where: str):
             value = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, CHOICES[key]))}")
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
     _check_range(where, value)
     return value
 
@@ -307,6 +356,7 @@ def _read_yaml(name_or_path: str, seen: tuple = ()) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    data = _migrate_tree(TrainConfig, data, str(path))  # before the merge: a file may use old key names, its base new ones
     base = data.pop("base", None)
     name = data.get("name") or path.stem
     if base:
@@ -327,6 +377,7 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainC
     data = _read_yaml(name_or_path)
     for text in overrides or []:
         keys, value = parse_override(text)
+        keys = _migrate_path(keys)
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -334,24 +385,3 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainC
                 raise ConfigError(f"override {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
     return from_dict(data)
-
-
-ENCODER_SIZES = {
-    "tiny": dict(embed_dim=192, depth=4, num_heads=3),
-    "small": dict(embed_dim=384, depth=12, num_heads=6),
-    "base": dict(embed_dim=768, depth=12, num_heads=12),
-}
-
-
-def encoder_dims(cfg: EncoderConfig) -> tuple[int, int, int]:
-    if cfg.size not in ENCODER_SIZES and None in (cfg.embed_dim, cfg.depth, cfg.num_heads):
-        raise ConfigError(f"encoder size {cfg.size!r} unknown (one of {', '.join(ENCODER_SIZES)}, or give all dims)")
-    d = dict(ENCODER_SIZES.get(cfg.size, {}))
-    for k in ("embed_dim", "depth", "num_heads"):
-        if getattr(cfg, k) is not None:
-            d[k] = getattr(cfg, k)
-    if d["embed_dim"] % d["num_heads"]:
-        raise ConfigError(f"encoder embed_dim {d['embed_dim']} must be divisible by num_heads {d['num_heads']}")
-    if d["embed_dim"] % 4:
-        raise ConfigError("encoder embed_dim must be divisible by 4 (2-D sin-cos positions)")
-    return d["embed_dim"], d["depth"], d["num_heads"]

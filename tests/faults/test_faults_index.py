@@ -12,7 +12,7 @@ from faultkit import disk_full_after, run_unprivileged, shared_tmp
 from test_search_fakes import SR, FakeModel, tone, write, write_songs
 
 from stemjepa.search import StemIndex, StemIndexError, build_index
-from stemjepa.search.index import snapshot_paths
+from stemjepa.search.snapshot import snapshot_paths
 from stemjepa.search.store import MetaStore
 
 

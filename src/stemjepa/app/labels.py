@@ -1,16 +1,9 @@
-"""Instrument labels: the model's known labels (suggestions for the text box) and a library stem's own labels."""
+"""A library stem's own instrument labels (the model's, suggestions for the text box, are `model.known_labels`)."""
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from pathlib import Path
-
-
-def model_labels(model) -> list[str]:
-    """Labels the model was trained with (text conditioning: its cached label table; class conditioning: classes)."""
-    cond = getattr(model, "conditioner", None)
-    labels = list(getattr(cond, "labels", None) or getattr(cond, "classes", None) or [])
-    return sorted({str(label) for label in labels if str(label).strip()})
 
 
 @lru_cache(maxsize=4096)

@@ -17,12 +17,13 @@ import numpy as np
 
 from ..audio.io import audio_duration, resample
 from ..errors import AudioError, StemJepaError
+from ..models.registry import load_model
 from ..search.export import SUBTYPE, align, load_native, premix
-from ..search.index import SearchResult, StemIndex, load_checkpoint_model
 from ..search.inputs import check_instrument, load_query
+from ..search.reader import SearchResult, StemIndex
 from .files import Library, MixFolder, NotFound, TooLarge, UploadStore
 from .jobs import Job, Jobs
-from .labels import model_labels, stem_labels
+from .labels import stem_labels
 from .settings import ServeConfig
 
 CHUNKS_PER_STEP = 16  # model chunks embedded between two progress reports
@@ -66,12 +67,12 @@ def embed_query(model, wave: np.ndarray, label: str, report) -> np.ndarray:
     A track vector is the patch-weighted mean over its chunks, each chunk embedded on its own, so the pieces combined
     with their valid-patch counts give the same vector as one call on the whole mix.
     """
-    step = int(getattr(model, "chunk_samples", 128000)) * CHUNKS_PER_STEP
+    step = model.chunk_samples * CHUNKS_PER_STEP
     pieces = [wave[i:i + step] for i in range(0, len(wave), step)]
     total, acc = 0.0, None
     for i, piece in enumerate(pieces):
-        emb = model.query(piece, label)
-        w = float(np.sum(getattr(emb, "weights", [len(piece)])))
+        emb = model.query_many([piece], [label])[0]
+        w = float(np.sum(emb.weights))
         v = np.asarray(emb.vector, np.float64) * w
         acc, total = (v if acc is None else acc + v), total + w
         report(i + 1, len(pieces))
@@ -85,7 +86,7 @@ class Engine:
         self.config, self.limits = config, config.limits
         self.mixes = MixFolder(config.mixes) if config.mixes else None
         self.indexes: OrderedDict[str, IndexHandle] = OrderedDict()
-        shared = load_checkpoint_model(config.model, device=config.device) if config.model else None
+        shared = load_model(config.model, device=config.device) if config.model else None
         models: dict[str, object] = {}
         try:
             for folder in config.indexes:
@@ -147,13 +148,13 @@ class Engine:
     def labels(self) -> list[str]:
         out: set[str] = set()
         for h in self.indexes.values():
-            out.update(model_labels(h.index.model))
+            out.update(h.index.model.known_labels)
         return sorted(out)
 
     def info(self) -> dict:
         return {
             "indexes": [{"name": h.name, "files": len(h.index), "model_id": h.index.model_id,
-                         "has_predictor": bool(getattr(h.index.model, "has_predictor", True))}
+                         "has_predictor": bool(h.index.model.has_predictor)}
                         for h in self.indexes.values()],
             "mixes_folder": self.mixes is not None,
             "limits": {"max_upload_mb": self.limits.max_upload_mb, "max_seconds": self.limits.max_seconds,
@@ -211,7 +212,7 @@ class Engine:
             hit = self._audio_cache.get(("native", str(mix_path)))  # an upload, checked when it arrived
         native, sr = hit if hit is not None else self.check_mix(mix_path, mix_name)
         model = h.index.model
-        model_sr = int(getattr(model, "sample_rate", 16000))
+        model_sr = model.sample_rate
         wave, _ = load_query(resample(native.mean(0), sr, model_sr), model_sr, name=mix_name)
         seconds = len(wave) / model_sr
         started = time.monotonic()

@@ -16,6 +16,7 @@ import soundfile as sf
 import soxr
 
 from ..errors import AudioError
+from . import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _read_pyav(path: Path, stream: int | None) -> tuple[np.ndarray, int]:
         return np.concatenate(chunks, axis=1), int(sr)
 
 
-def load_audio(path, sample_rate: int | None = 16000, mono: bool = True, stream: int | None = None) -> np.ndarray:
+def load_audio(path, sample_rate: int | None = SAMPLE_RATE, mono: bool = True, stream: int | None = None) -> np.ndarray:
     """Load `path` as float32, downmixed to mono (shape (N,)) or (C, N), resampled to `sample_rate` (None keeps it).
 
     `stream` selects an audio stream in multi-stream containers (MUSDB18 `.stem.mp4`). Raises AudioError naming the file.
@@ -159,10 +160,10 @@ def audio_duration(path) -> float:
                     return c.duration / 1_000_000
         except Exception as exc:  # noqa: BLE001
             raise AudioError(path, f"cannot read audio header ({exc})") from None
-    return len(load_audio(path, sample_rate=16000)) / 16000.0
+    return len(load_audio(path, sample_rate=SAMPLE_RATE)) / SAMPLE_RATE
 
 
-def save_audio(path, wave: np.ndarray, sample_rate: int = 16000, subtype: str = "PCM_16") -> None:
+def save_audio(path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> None:
     """Write a mono (N,) or (C, N) float array as wav/flac (by extension), clipped to [-1, 1]."""
     wave = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
     data = wave.T if wave.ndim == 2 else wave

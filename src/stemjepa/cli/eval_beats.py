@@ -54,24 +54,14 @@ def add_parser(subparsers) -> None:
 def load_encoder(checkpoint, device=None, random_init: bool = False, seed: int = 0):
     """The model to probe and the id its features are cached under (a random re-initialisation gets its own id)."""
     from ..models import load_model
+    from ..models.digest import weights_digest
 
     model = load_model(checkpoint, device=device)
     feature_id = str(model.model_id)
     if random_init:
         randomise_encoder(model, seed)
-        feature_id = f"{feature_id}-random-init-{weights_digest(getattr(model, 'encoder', model))}"
+        feature_id = f"{feature_id}-random-init-{weights_digest(model.encoder)[:12]}"
     return model, feature_id
-
-
-def weights_digest(module) -> str:
-    """Short sha256 of a module's weights: names the random encoder's features in the cache."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 RANDOM_INIT_SEED_OFFSET = 1_000_003
@@ -85,7 +75,7 @@ def randomise_encoder(model, seed: int = 0) -> None:
     """
     import torch
 
-    encoder = getattr(model, "encoder", model)
+    encoder = model.encoder
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(RANDOM_INIT_SEED_OFFSET + seed)
         for module in encoder.modules():

@@ -22,7 +22,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--split", default=None, help="train, test or all (default: Table I's pool, every track, for musdb18, "
                    "musdb18hq and moisesdb; the test split, or all where there is none, for the others)")
-    p.add_argument("--conditioning", choices=("fine", "coarse"), default="fine", help="label level the queries are conditioned on")
+    p.add_argument("--label-level", "--conditioning", dest="label_level", choices=("fine", "coarse"), default="fine",
+                   help="which label of a stem its query is conditioned on: the most specific one or its category "
+                   "(--conditioning: the old spelling)")
     p.add_argument("--distance", choices=("l2", "cosine"), default="l2",
                    help="ranking: Euclidean distance of the raw vectors (the paper's normalised rank) or cosine similarity")
     p.add_argument("--reference-encoder", choices=("target", "context"), default="target",
@@ -57,7 +59,7 @@ def add_parser(subparsers) -> None:
 
 def run_retrieval(args) -> int:
     from ..errors import ConfigError, DataError
-    from ..evaluation.report import chance_row, protocol_note, table_row
+    from ..evaluation.report import chance_row, protocol_note, table_header, table_row
     from ..evaluation.retrieval import evaluate_retrieval, load_songs
 
     label_map = None
@@ -84,7 +86,7 @@ def run_retrieval(args) -> int:
     elif cache_dir is None:
         cache_dir = Path(args.out) / "cache"
     m = evaluate_retrieval(
-        model_file, songs, args.conditioning, args.out, label_map,
+        model_file, songs, args.label_level, args.out, label_map,
         dataset=args.dataset, split=split, cache_dir=cache_dir, overwrite=args.overwrite, name=args.name,
         k64_draws=args.k64_draws, seed=args.seed, silence_db=args.silence_db, device=args.device,
         distance=args.distance, reference_encoder=args.reference_encoder, strict=args.strict,
@@ -93,7 +95,7 @@ def run_retrieval(args) -> int:
         print(f"warning: skipped song {s['song']}: {s['reason']}", file=sys.stderr)
     print(f"{m['n_queries']} queries, pool of {m['n_pool']} stems, {m['n_silent_excluded']} silent stems excluded, "
           f"{m['seconds']:.1f} s")
-    print("| model | R@1 | R@5 | R@10 | mean rank | median rank |\n|---|---|---|---|---|---|")
+    print(table_header())
     print(table_row(m))
     print(chance_row(m))
     print(protocol_note(m))

@@ -31,9 +31,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..search.index import build_index, load_checkpoint_model
+    from ..models.registry import load_model
+    from ..search.build import build_index
 
-    model = load_checkpoint_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     summary = build_index(args.dir, args.out, model, checkpoint=args.model, batch_size=args.batch_size,
                           index_type=args.index_type, progress=not args.quiet, allow_empty=args.allow_empty,
                           precision=args.precision)

@@ -1,6 +1,8 @@
 """The `stemjepa` command: one entry point, one module per subcommand.
 
 Each module in COMMANDS defines `add_parser(subparsers)` which registers its sub-parser and sets `func=run(args)`.
+A subcommand module that cannot be imported is an error naming it: skipping it would hide a broken install behind
+"invalid choice".
 User-facing errors (StemJepaError) are printed as one line and exit with status 2, never as a traceback.
 """
 from __future__ import annotations
@@ -21,15 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stemjepa {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging, and full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"stemjepa.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"stemjepa.cli.{name}":
-                continue  # subcommand not built into this version
-            raise
-        module.add_parser(sub)
+    add_subcommands(sub, COMMANDS)
     return parser
+
+
+def add_subcommands(subparsers, modules) -> None:
+    """Register the sub-parser of each `stemjepa.cli.<module>`; one that fails to import raises an ImportError naming it."""
+    for name in modules:
+        module_name = f"stemjepa.cli.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the message must say which subcommand
+            raise ImportError(f"{module_name}: the subcommand module cannot be imported "
+                              f"({type(exc).__name__}: {exc})", name=module_name) from exc
+        module.add_parser(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,16 +34,14 @@ def run(args) -> int:
     import sys
 
     from ..errors import StemJepaError
-    from ..search.index import StemIndex
     from ..search.inputs import check_instrument, load_query
+    from ..search.reader import StemIndex
 
     instrument = check_instrument(args.instrument)
     if args.k < 1:
         raise StemJepaError(f"-k must be at least 1, got {args.k}")
-    with StemIndex.open(args.index, checkpoint=args.model, device=args.device) as index:
-        if hasattr(index.model, "precision"):
-            index.model.precision = args.precision
-        sr = int(getattr(index.model, "sample_rate", 16000))
+    with StemIndex.open(args.index, checkpoint=args.model, device=args.device, precision=args.precision) as index:
+        sr = index.model.sample_rate
         waves, names, failed = [], [], []
         for mix in args.mixes:  # a bad mix is reported, the others are still answered
             try:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..audio import SAMPLE_RATE
+
 
 def _names(values) -> list[str]:
     """Accept both `--exclude-instruments a b` and `--exclude-instruments "a,b"`."""
@@ -27,7 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--layout", choices=["folder", "moisesdb"], default="folder",
                    help="folder: song folders with stems.json; moisesdb: the MoisesDB layout (data.json)")
     p.add_argument("--soundfont", default=None, help="SF2 soundfont (default: TimGM6mb shipped with pretty_midi)")
-    p.add_argument("--sample-rate", type=int, default=16000, help="sample rate of the stems")
+    p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="sample rate of the stems")
     p.add_argument("--list-instruments", action="store_true", help="print the instrument palette and exit")
     p.set_defaults(func=run)
 

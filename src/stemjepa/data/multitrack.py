@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import SAMPLE_RATE
 from ..audio.io import load_audio
 from ..errors import AudioError, DataError
 
@@ -64,7 +65,7 @@ class LoadedSong:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def load_song(song: Song, sample_rate: int = 16000, length: str = "pad") -> LoadedSong:
+def load_song(song: Song, sample_rate: int = SAMPLE_RATE, length: str = "pad") -> LoadedSong:
     """Decode every stem of `song`; stems that cannot be read are skipped and reported, not fatal.
 
     Stems of unequal length are zero-padded to the longest (`length="pad"`) or trimmed to the shortest ("trim").

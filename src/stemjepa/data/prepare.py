@@ -3,7 +3,7 @@
 List the songs with the dataset's loader, leave out those already in the cache and unchanged since (a run can be
 interrupted and started again; a song whose files changed is prepared again, and when the whole dataset is listed, songs
 that left it leave the cache), decode and write the others in parallel worker processes (one song per task, written atomically by
-`stemjepa.data.cache.write_cache_song`), then write the manifest with everything that was skipped and why. Unequal
+`stemjepa.data.training_cache.write_cache_song`), then write the manifest with everything that was skipped and why. Unequal
 stem lengths are zero-padded to the longest stem (`load_song(length="pad")`); the activity index marks the padding silent.
 """
 from __future__ import annotations
@@ -15,15 +15,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..audio import SAMPLE_RATE
 from ..errors import DataError, StemJepaError
 from ..fsutil import WriteError, clean_stale_temps
-from .cache import MANIFEST, drop_songs, finalize_cache, fresh_song_ids, remove_song, song_key, write_cache_song
+from .training_cache import MANIFEST, drop_songs, finalize_cache, fresh_song_ids, remove_song, song_key, write_cache_song
 from .datasets import load_dataset
 from .multitrack import Song, load_song
 
 log = logging.getLogger(__name__)
-
-CACHE_SAMPLE_RATE = 16000
 
 
 @dataclass
@@ -114,7 +113,7 @@ def prepare(
     out,
     split: str | None = None,
     jobs: int = 1,
-    sample_rate: int = CACHE_SAMPLE_RATE,
+    sample_rate: int = SAMPLE_RATE,
     progress: bool = True,
 ) -> PrepareResult:
     """Prepare (or resume preparing) the training cache `out` from dataset `dataset` at `root`."""

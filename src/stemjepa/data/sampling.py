@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..config import DataConfig
 from ..errors import DataError
-from .cache import TrainingCache
+from .training_cache import TrainingCache
 from .multitrack import UNLABELLED
 
 log = logging.getLogger(__name__)

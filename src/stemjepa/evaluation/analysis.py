@@ -78,8 +78,7 @@ PRESENCE_COLOURS = {"seen": "#1a7f37", "reworded": "#d97706", "unseen": "#c62828
 def training_labels(model) -> set[str] | None:
     """The labels a checkpoint was trained with: its text conditioner's table (filled with every training label before
     training) or its class list; None for a model without conditioning (contrastive only)."""
-    cond = getattr(model, "conditioner", None) if getattr(model, "has_predictor", False) else None
-    labels = getattr(cond, "labels", None) or getattr(cond, "classes", None)
+    labels = model.known_labels if model.has_predictor else []
     return {_words(l) for l in labels} if labels else None
 
 

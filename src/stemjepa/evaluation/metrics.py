@@ -15,6 +15,10 @@ import numpy as np
 
 RECALL_KS = (1, 5, 10)
 DISTANCES = ("l2", "cosine")
+# Table I's five columns, in its order, as (key in metrics.json, heading): every table, report and summary shows these
+METRIC_COLUMNS = tuple([(f"R@{k}", f"R@{k}") for k in RECALL_KS] + [("norm_rank_mean", "mean rank"),
+                                                                  ("norm_rank_median", "median rank")])
+METRIC_KEYS = tuple(k for k, _ in METRIC_COLUMNS)
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Table I has one row per model and one column group (R@1, R@5, R@10, mean and median normalised rank, in percent) per
 benchmark (MUSDB18; MoisesDB fine; MoisesDB coarse). `compare_table` rebuilds that layout from run folders: rows are the
-runs' names, column groups their (dataset, split, conditioning). Every table carries a chance row (a random ranking of the
+runs' names, column groups their (dataset, split, label level). Every table carries a chance row (a random ranking of the
 same pool) and, under it, the protocol (|pool|, distance, reference encoder) and the pool's collapse diagnostics.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
+from .metrics import METRIC_COLUMNS
 
-METRIC_COLUMNS = [("R@1", "R@1"), ("R@5", "R@5"), ("R@10", "R@10"), ("norm_rank_mean", "mean rank"), ("norm_rank_median", "median rank")]
 EXTRA_COLUMNS = {"top1_k64": "top-1 K=64", "n_queries": "queries", "n_pool": "pool", "seconds": "time (s)"}
 
 
@@ -27,11 +27,26 @@ def fmt(value) -> str:
     return str(value)
 
 
+def upgrade_record(m: dict) -> dict:
+    """A metrics.json as this version writes it; files from before the rename call the label level "conditioning"."""
+    if "label_level" in m or "conditioning" not in m:
+        return m
+    m = dict(m)
+    m["label_level"] = m.pop("conditioning")
+    return m
+
+
 def benchmark_name(m: dict) -> str:
     split = m.get("split")
     variant = "".join(f" [{v}]" for v in (m.get("distance") == "cosine" and "cosine",
                                           m.get("reference_encoder") == "context" and "context refs") if v)
-    return f"{m.get('dataset')}{'' if split in (None, 'all') else f' {split}'} {m.get('conditioning')}{variant}"
+    return f"{m.get('dataset')}{'' if split in (None, 'all') else f' {split}'} {m.get('label_level')}{variant}"
+
+
+def table_header(extra=()) -> str:
+    """The header and rule lines of a one-benchmark table (`table_row`, `chance_row`)."""
+    header = ["model"] + [h for _, h in METRIC_COLUMNS] + [EXTRA_COLUMNS[k] for k in extra]
+    return "| " + " | ".join(header) + " |\n" + "|" + "---|" * len(header)
 
 
 def table_row(m: dict, extra=()) -> str:
@@ -82,7 +97,6 @@ def protocol_note(m: dict, diagnostics: bool = True) -> str:
 def write_report(m: dict, path) -> None:
     """report.md of one run: the Table-I row with its header, and the counts behind it."""
     extra = ("top1_k64",)
-    header = ["model"] + [h for _, h in METRIC_COLUMNS] + [EXTRA_COLUMNS[k] for k in extra]
     ckpt = f"`{m['checkpoint']}`" if m.get("checkpoint") else "(model object, no file)"
     predictor = "with predictor" if m.get("has_predictor") else "no predictor: the mix embedding is the query"
     lines = [
@@ -91,8 +105,7 @@ def write_report(m: dict, path) -> None:
         "Recall@k and normalised rank in percent (Table I protocol); top-1 among "
         f"{m.get('k64_candidates')} candidates (COCOLA/PHALAR protocol, {m.get('k64_draws')} draws).",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+        table_header(extra),
         table_row(m, extra),
         chance_row(m, extra),
         "",
@@ -117,6 +130,7 @@ def read_run(run_dir) -> dict:
         m = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    m = upgrade_record(m)
     missing = [k for k, _ in METRIC_COLUMNS if k not in m]
     if missing:
         raise DataError(f"{path}: lacks {', '.join(missing)}")
@@ -124,7 +138,7 @@ def read_run(run_dir) -> dict:
 
 
 def compare_table(run_dirs, extra=()) -> str:
-    """One Markdown table: a row per run name, a column group per benchmark (dataset, split, conditioning).
+    """One Markdown table: a row per run name, a column group per benchmark (dataset, split, label level).
 
     `extra` adds columns from EXTRA_COLUMNS (e.g. ("top1_k64", "seconds")) to each group. Runs of the same name on
     the same benchmark: the last one given wins.

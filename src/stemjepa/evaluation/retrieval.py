@@ -27,15 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.cache import frame_rms_db
+from ..data.training_cache import frame_rms_db
+from ..audio import SAMPLE_RATE
 from ..data.multitrack import UNLABELLED, Song, Stem, load_song
 from ..errors import DataError, StemJepaError
+from ..fsutil import atomic_write_text
 from . import analysis, metrics
-from .cache import EmbeddingCache, SongEntry, song_fingerprint
+from .report import upgrade_record
+from .embedding_cache import EmbeddingCache, SongEntry, song_fingerprint
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 SILENCE_DB = -60.0
 QUERY_GROUP = 8  # query mixes passed to the model at once
 OUTPUT_FILES = ("metrics.json", "rankings.csv", "analysis.csv", "fig2.png", "report.md")
@@ -48,6 +50,7 @@ DISTANCE_REASON = {
     "cosine": "not the paper's: cosine similarity of L2-normalised vectors (what the search index uses)",
 }
 REFERENCE_ENCODERS = ("target", "context")
+LABEL_LEVELS = ("fine", "coarse")  # the label a query is conditioned on: a stem's most specific one, or its category
 
 
 def default_split(dataset: str) -> str:
@@ -67,20 +70,20 @@ def default_label_map(dataset: str) -> dict[str, str]:
     return dict(MUSDB_LABEL_MAP) if dataset in ("musdb18", "musdb18hq") else {}
 
 
-def conditioning_label(stem: Stem, conditioning: str, label_map: dict[str, str] | None = None) -> str:
+def conditioning_label(stem: Stem, label_level: str, label_map: dict[str, str] | None = None) -> str:
     """The text a stem's query is conditioned on: its fine (most specific) or coarse label, "music" when unlabelled."""
-    if conditioning not in ("fine", "coarse"):
-        raise StemJepaError(f"conditioning must be 'fine' or 'coarse', not {conditioning!r}")
-    label = stem.fine if conditioning == "fine" else stem.coarse
+    if label_level not in LABEL_LEVELS:
+        raise StemJepaError(f"label level must be 'fine' or 'coarse', not {label_level!r}")
+    label = stem.fine if label_level == "fine" else stem.coarse
     return (label_map or {}).get(label, label)
 
 
-def class_conditioning_text(stem: Stem, conditioning: str, label_map: dict[str, str] | None = None) -> str:
+def class_conditioning_text(stem: Stem, label_level: str, label_map: dict[str, str] | None = None) -> str:
     """For a class-conditioned model (Stem-JEPA): the label path "coarse > ... > level", which the model maps to the first
     class it names, finest level first (so MoisesDB's instruments fall into the four sources through their category)."""
-    labels = list(stem.labels) if conditioning == "fine" else list(stem.labels[:1])
+    labels = list(stem.labels) if label_level == "fine" else list(stem.labels[:1])
     if not labels:
-        return conditioning_label(stem, conditioning, label_map)
+        return conditioning_label(stem, label_level, label_map)
     return " > ".join((label_map or {}).get(l, l) for l in labels)
 
 
@@ -131,13 +134,13 @@ class Corpus:
 
 
 def _vectors(embeddings) -> list[np.ndarray]:
-    return [np.asarray(getattr(e, "vector", e), dtype=np.float32).reshape(-1) for e in embeddings]
+    return [np.asarray(e.vector, dtype=np.float32).reshape(-1) for e in embeddings]
 
 
 def encode_corpus(
     model,
     songs: list[Song],
-    conditioning: str = "fine",
+    label_level: str = "fine",
     label_map: dict[str, str] | None = None,
     cache: EmbeddingCache | None = None,
     silence_db: float = SILENCE_DB,
@@ -149,16 +152,15 @@ def encode_corpus(
     from tqdm.auto import tqdm
 
     cache = cache or EmbeddingCache(None, "", "", "")
-    sr = int(getattr(model, "sample_rate", SAMPLE_RATE))
+    sr = model.sample_rate
     corpus = Corpus()
-    cond = getattr(model, "conditioner", None) if getattr(model, "has_predictor", False) else None
-    class_model = hasattr(cond, "class_index")
+    class_model = model.conditioning_kind == "classes"
     for song in tqdm(songs, desc="retrieval: encoding songs", unit="song", disable=not progress):
         fingerprint = song_fingerprint(song, extra=f"sr={sr}|silence_db={silence_db}")
         entry = cache.load(song.id, fingerprint)
         keys = [stem_key(i, s) for i, s in enumerate(song.stems)]
-        labels = [conditioning_label(s, conditioning, label_map) for s in song.stems]
-        texts = [class_conditioning_text(s, conditioning, label_map) for s in song.stems] if class_model else labels
+        labels = [conditioning_label(s, label_level, label_map) for s in song.stems]
+        texts = [class_conditioning_text(s, label_level, label_map) for s in song.stems] if class_model else labels
         needs_audio = entry is None or any(
             k not in entry.status or (entry.status[k] == "ok" and (k not in entry.pool or (k, lab) not in entry.queries))
             for k, lab in zip(keys, texts)
@@ -194,8 +196,7 @@ def _encode_song(model, song: Song, keys, labels, entry: SongEntry, sr: int, sil
     todo_pool = [(row, i) for row, i in enumerate(positions) if status[keys[i]] == "ok" and keys[i] not in entry.pool]
     if todo_pool:
         waves = [audio[row] for row, _ in todo_pool]
-        # fakes and older models take no `target` argument: pass it only when it differs from the default
-        vecs = _vectors(model.embed_many(waves, target=False) if reference_encoder == "context" else model.embed_many(waves))
+        vecs = _vectors(model.embed_many(waves, target=reference_encoder == "target"))
         for (_, i), v in zip(todo_pool, vecs):
             entry.pool[keys[i]] = v
     todo_query = []
@@ -327,12 +328,12 @@ def _checkpoint_name(checkpoint: str | None, model_id: str) -> str:
 
 
 def check_out_dir(out_dir: Path, identity: dict, overwrite: bool) -> None:
-    """Refuse to write over results of another checkpoint / dataset / split / conditioning unless `overwrite`."""
+    """Refuse to write over results of another checkpoint / dataset / split / label level unless `overwrite`."""
     present = [f for f in OUTPUT_FILES if (out_dir / f).exists()]
     if not present or overwrite:
         return
     try:
-        old = json.loads((out_dir / "metrics.json").read_text())
+        old = upgrade_record(json.loads((out_dir / "metrics.json").read_text()))
     except (OSError, json.JSONDecodeError):
         old = None
     if old is not None and all(old.get(k) == v for k, v in identity.items()):
@@ -345,12 +346,6 @@ def check_out_dir(out_dir: Path, identity: dict, overwrite: bool) -> None:
     raise StemJepaError(f"{out_dir}: holds {what}{detail}; pass --overwrite (overwrite=True) or choose another --out")
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _write_rankings(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -361,7 +356,7 @@ def _write_rankings(path: Path, rows: list[dict]) -> None:
 def evaluate_retrieval(
     model_or_ckpt,
     songs: list[Song],
-    conditioning: str = "fine",
+    label_level: str = "fine",
     out_dir=None,
     label_map: dict[str, str] | None = None,
     *,
@@ -400,14 +395,13 @@ def evaluate_retrieval(
         model = load_model(checkpoint, device=device)
     else:
         model = model_or_ckpt
-        checkpoint = getattr(model, "checkpoint_path", None)
-        checkpoint = None if checkpoint is None else str(checkpoint)
+        checkpoint = None if model.checkpoint_path is None else str(model.checkpoint_path)
     model_id = str(model.model_id)
     seen = analysis.training_labels(model)  # before queries add new labels to the model's text table
     if label_map is None:
         label_map = default_label_map(dataset)
     overlap = training_overlap(model, songs, dataset, strict)
-    identity = {"model_id": model_id, "dataset": dataset, "split": split, "conditioning": conditioning, "distance": distance,
+    identity = {"model_id": model_id, "dataset": dataset, "split": split, "label_level": label_level, "distance": distance,
                 "reference_encoder": reference_encoder}
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
@@ -417,16 +411,16 @@ def evaluate_retrieval(
             cache_dir = out / "cache"
     # the references depend on the encoder that made them (the queries do not, but are cheap next to them)
     cache = EmbeddingCache(cache_dir or None, model_id, dataset, split if reference_encoder == "target" else f"{split}-context-ref")
-    corpus = encode_corpus(model, songs, conditioning, label_map, cache, silence_db, progress, reference_encoder)
+    corpus = encode_corpus(model, songs, label_level, label_map, cache, silence_db, progress, reference_encoder)
     result, rows, tally = score_corpus(corpus, k64_draws, seed, distance=distance)
     pool_stats = pool_diagnostics(corpus.pool)
     seconds = time.perf_counter() - start
     record = {
-        **{k: result[k] for k in ("R@1", "R@5", "R@10", "norm_rank_mean", "norm_rank_median", "top1_k64", "n_queries", "n_pool")},
+        **{k: result[k] for k in metrics.METRIC_KEYS + ("top1_k64", "n_queries", "n_pool")},
         "chance": metrics.chance_metrics(result["n_pool"]),
         "distance": distance,
         "distance_reason": DISTANCE_REASON[distance],
-        "reference_encoder": reference_encoder if getattr(model, "has_predictor", True) else "encoder",  # phase 1: one encoder
+        "reference_encoder": reference_encoder if model.has_predictor else "encoder",  # phase 1: one encoder
         "pool_diagnostics": pool_stats,
         "training_overlap": overlap,
         "k64_candidates": result["k64_candidates"],
@@ -435,10 +429,10 @@ def evaluate_retrieval(
         "name": name or _checkpoint_name(checkpoint, model_id),
         "checkpoint": checkpoint,
         "model_id": model_id,
-        "has_predictor": bool(getattr(model, "has_predictor", True)),
+        "has_predictor": bool(model.has_predictor),
         "dataset": dataset,
         "split": split,
-        "conditioning": conditioning,
+        "label_level": label_level,
         "label_map": label_map,
         "n_songs": corpus.n_songs,
         "n_silent_excluded": corpus.n_silent_excluded,
@@ -460,11 +454,11 @@ def evaluate_retrieval(
             for f in OUTPUT_FILES:
                 (out / f).unlink(missing_ok=True)
         _write_rankings(out / "rankings.csv", rows)
-        title = f"{record['name']} on {dataset} ({split}), {conditioning} conditioning: nearest neighbour per label"
+        title = f"{record['name']} on {dataset} ({split}), {label_level} labels: nearest neighbour per label"
         analysis.write_analysis(tally, out, title, seen, dataset)
         record["seconds"] = round(time.perf_counter() - start, 3)
         write_report(record, out / "report.md")
-        _write_json(out / "metrics.json", record)
+        atomic_write_text(out / "metrics.json", json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -484,7 +478,7 @@ def training_overlap(model, songs: list[Song], dataset: str, strict: bool = Fals
     `strict`. Returns metrics.json's "training_overlap" entry."""
     from ..data.provenance import overlap
 
-    record = getattr(model, "training_songs", None)
+    record = model.training_songs
     shared = overlap(songs, dataset, record)
     if shared is None:
         if strict:
@@ -505,7 +499,7 @@ def evaluate_checkpoints(
     checkpoints: dict[str, str],
     songs: list[Song],
     out_root,
-    conditioning: str = "fine",
+    label_level: str = "fine",
     *,
     dataset: str = "folder",
     split: str = "all",
@@ -521,6 +515,6 @@ def evaluate_checkpoints(
     dirs = []
     for name, ckpt in checkpoints.items():
         run_dir = out_root / name
-        evaluate_retrieval(ckpt, songs, conditioning, run_dir, dataset=dataset, split=split, name=name, overwrite=overwrite, **kwargs)
+        evaluate_retrieval(ckpt, songs, label_level, run_dir, dataset=dataset, split=split, name=name, overwrite=overwrite, **kwargs)
         dirs.append(run_dir)
     return compare_table(dirs, extra=extra)

@@ -86,7 +86,8 @@ def load_model(path, device=None, eval_mode: bool = True):
 
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
-    model = StemJEPA(cfg)
+    model = StemJEPA(cfg.model, cfg.phase)
+    model.training_config = cfg  # provenance (the recipe), written again by `stemjepa export`; the model does not read it
     state = model_state(ckpt)
     check_finite_weights(state, path)
     try:
@@ -96,7 +97,7 @@ def load_model(path, device=None, eval_mode: bool = True):
     place_model(model, device, eval_mode)
     model.checkpoint_path = str(path)
     model.training_songs = training_songs(ckpt)
-    _ = model.model_id  # fixed now, before queries of new labels grow the text table
+    _ = model.model_id  # the id of the weights as stored, computed once
     return model
 
 

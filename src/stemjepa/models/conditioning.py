@@ -1,8 +1,10 @@
 """Instrument conditioning: label strings -> conditioning vectors c on the model's device.
 
 `classes` (the Stem-JEPA baseline): a learned embedding per fixed class; a label is mapped to the first class it names.
-`text` (the paper): the frozen text encoder's embedding of the free-form label. Text embeddings are cached per label in a
-buffer-like table that is saved in the checkpoint, so known labels need no text encoder at inference.
+`text` (the paper): the frozen text encoder's embedding of the free-form label. The labels seen in training are embedded
+once into `table`, saved with the weights (part of the model id), so they need no text encoder at inference. A label
+first seen in a query is embedded on demand and kept in a cache outside the state dict: queries never change the saved
+state, hence never the model id.
 """
 from __future__ import annotations
 
@@ -58,30 +60,40 @@ class TextConditioner(nn.Module):
         super().__init__()
         self.backend = cfg.text_backend
         self.clap_model = cfg.clap_model
-        if cfg.text_dim is None:  # a new model: ask the text encoder, and remember the answer in the config it saves
-            cfg.text_dim = text_dim(cfg.text_backend, cfg.clap_model)
-        self.dim = cfg.text_dim
-        self.labels: list[str] = []
+        # a saved config records text_dim (see training.module), so loading needs no text encoder; else ask the encoder
+        self.dim = cfg.text_dim if cfg.text_dim is not None else text_dim(cfg.text_backend, cfg.clap_model)
+        self.labels: list[str] = []  # the rows of `table`: the labels seen in training
         self.index: dict[str, int] = {}
         self.register_buffer("table", torch.zeros(0, self.dim))
+        self.query_labels: dict[str, int] = {}  # labels first seen in queries -> rows of `query_table` (not saved)
+        self.register_buffer("query_table", torch.zeros(0, self.dim), persistent=False)
+
+    def _embed(self, labels: list[str]) -> torch.Tensor:
+        vectors = torch.from_numpy(get_text_encoder(self.backend, self.clap_model).encode(labels))
+        return vectors.to(self.table.device, self.table.dtype)
 
     def add_labels(self, labels) -> None:
-        """Embed labels not seen yet with the frozen text encoder and append them to the table."""
+        """Embed training labels not in the table yet with the frozen text encoder and append them to the saved table."""
         new = sorted({normalize_label(l) for l in labels} - set(self.index))
         if not new:
             return
-        vectors = torch.from_numpy(get_text_encoder(self.backend, self.clap_model).encode(new))
-        self.table = torch.cat([self.table, vectors.to(self.table.device, self.table.dtype)], dim=0)
+        self.table = torch.cat([self.table, self._embed(new)], dim=0)
         for label in new:
             self.index[label] = len(self.labels)
             self.labels.append(label)
 
     def forward(self, labels: list[str]) -> torch.Tensor:
         keys = [normalize_label(l) for l in labels]
-        if any(k not in self.index for k in keys):
-            self.add_labels(keys)
-        idx = to_device_async([self.index[k] for k in keys], self.table.device)
-        return self.table[idx]
+        if all(k in self.index for k in keys):
+            return self.table[to_device_async([self.index[k] for k in keys], self.table.device)]
+        new = sorted({k for k in keys if k not in self.index and k not in self.query_labels})
+        if new:
+            for label in new:
+                self.query_labels[label] = len(self.query_labels)
+            self.query_table = torch.cat([self.query_table.to(self.table), self._embed(new)], dim=0)
+        rows = [self.index[k] if k in self.index else len(self.labels) + self.query_labels[k] for k in keys]
+        both = torch.cat([self.table, self.query_table.to(self.table)])
+        return both[to_device_async(rows, self.table.device)]
 
     # the label list travels with the table in the checkpoint
     def get_extra_state(self):

@@ -5,6 +5,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import EncoderConfig
+from ..errors import ConfigError
+
+# `model.encoder.size` presets (ViT-Tiny / Small / Base widths); explicit dims in the config override them
+ENCODER_SIZES = {
+    "tiny": dict(embed_dim=192, depth=4, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+}
+
+
+def encoder_dims(cfg: EncoderConfig) -> tuple[int, int, int]:
+    """(embed_dim, depth, num_heads) of an encoder config: its size preset, overridden by the dims it gives."""
+    if cfg.size not in ENCODER_SIZES and None in (cfg.embed_dim, cfg.depth, cfg.num_heads):
+        raise ConfigError(f"encoder size {cfg.size!r} unknown (one of {', '.join(ENCODER_SIZES)}, or give all dims)")
+    d = dict(ENCODER_SIZES.get(cfg.size, {}))
+    for k in ("embed_dim", "depth", "num_heads"):
+        if getattr(cfg, k) is not None:
+            d[k] = getattr(cfg, k)
+    if d["embed_dim"] % d["num_heads"]:
+        raise ConfigError(f"encoder embed_dim {d['embed_dim']} must be divisible by num_heads {d['num_heads']}")
+    if d["embed_dim"] % 4:
+        raise ConfigError("encoder embed_dim must be divisible by 4 (2-D sin-cos positions)")
+    return d["embed_dim"], d["depth"], d["num_heads"]
+
 
 def sincos_2d(embed_dim: int, grid_f: int, grid_t: int) -> torch.Tensor:
     """Fixed 2-D sin-cos positions (grid_f * grid_t, d): half the dims encode time, half frequency. Tokens are freq-major."""

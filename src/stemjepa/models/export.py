@@ -10,7 +10,7 @@ from the file can run.
 The target encoder is kept (phase-2 models): references (the stems of a library) are embedded with the EMA target
 encoder, whose space the predictor predicts into, while mixes go through the context encoder; dropping either would
 change the embeddings. A phase-1 model has one encoder and no predictor. Keeping the whole state dict also keeps the model
-id (sha256 over the state dict, `StemJEPA.model_id`) the same as the checkpoint's, so an index built with the checkpoint
+id (`models.digest.weights_digest` of the state dict, `StemJEPA.model_id`) the same as the checkpoint's, so an index built with the checkpoint
 accepts the export and vice versa; the loader checks that the rebuilt model has the id recorded in the file.
 """
 from __future__ import annotations
@@ -54,6 +54,15 @@ def _split_state(state: dict) -> tuple[dict, dict]:
     return tensors, extra
 
 
+def saved_config(model) -> dict:
+    """The config an export records, in the shape of a training config (which every loader reads): the model's own
+    config and phase, over the training recipe it was loaded with (`training_config`, provenance) when there is one."""
+    from ..config import to_dict
+
+    recipe = model.training_config
+    return {**(to_dict(recipe) if recipe is not None else {}), "phase": model.phase, "model": to_dict(model.config)}
+
+
 def export_model(model, out, force: bool = False, source: str | None = None, extra_metadata: dict | None = None) -> dict:
     """Write `model` (a StemJEPA) to `out` (.safetensors) and return the metadata written.
 
@@ -61,7 +70,6 @@ def export_model(model, out, force: bool = False, source: str | None = None, ext
     """
     from safetensors.torch import save
 
-    from ..config import to_dict
     from ..fsutil import atomic_write
     from .. import __version__
 
@@ -73,19 +81,18 @@ def export_model(model, out, force: bool = False, source: str | None = None, ext
     if not out.parent.is_dir():
         raise StemJepaError(f"{out.parent}: folder not found (for {out.name})")
     tensors, extra = _split_state(model.state_dict())
-    songs = getattr(model, "training_songs", None)
+    songs = model.training_songs
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "stemjepa_version": __version__,
-        "config": json.dumps(to_dict(model.cfg), sort_keys=True),
+        "config": json.dumps(saved_config(model), sort_keys=True),
         "model_id": str(model.model_id),
         "extra_state": json.dumps(extra, sort_keys=True),
         "training_songs": json.dumps(songs) if isinstance(songs, dict) else "null",
-        "phase": str(model.cfg.phase),
-        "target_encoder": TARGET_ENCODER_NOTE if getattr(model, "has_predictor", False) else
-                          "none: a phase-1 model has a single encoder",
-        "source": str(source or getattr(model, "checkpoint_path", "") or ""),
+        "phase": str(model.phase),
+        "target_encoder": TARGET_ENCODER_NOTE if model.has_predictor else "none: a phase-1 model has a single encoder",
+        "source": str(source or model.checkpoint_path or ""),
     }
     for k, v in (extra_metadata or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
@@ -142,7 +149,8 @@ def load_export(path, device=None, eval_mode: bool = True):
         cfg = from_dict(meta["config"])
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: config inside the export is not usable ({exc})") from None
-    model = StemJEPA(cfg)
+    model = StemJEPA(cfg.model, cfg.phase)
+    model.training_config = cfg
     check_finite_weights(state, path)
     try:
         model.load_state_dict(state)
@@ -152,6 +160,6 @@ def load_export(path, device=None, eval_mode: bool = True):
     model.training_songs = meta["training_songs"] if isinstance(meta["training_songs"], dict) else None
     model.export_metadata = {k: v for k, v in meta.items() if k != "config"}
     recorded = meta.get("model_id")
-    if recorded and str(model.model_id) != recorded:  # fixed now, before queries of new labels grow the text table
+    if recorded and str(model.model_id) != recorded:  # the id of the weights as stored, before any move or cast
         raise CheckpointError(f"{path}: damaged export: its weights are model {model.model_id}, the file says {recorded}")
     return place_model(model, device, eval_mode)

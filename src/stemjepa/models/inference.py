@@ -80,16 +80,22 @@ class InferenceMixin:
     """
 
     checkpoint_path: str | None = None  # set by the loaders (models/checkpoint.py, models/export.py)
+    training_songs: dict | None = None  # set by the loaders from what the file records
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     @property
+    def conditioning_kind(self) -> str:
+        """"text", "classes" (the conditioner's kind) or "none" (phase 1: no conditioner, no predictor)."""
+        return self.config.conditioning.kind if self.has_predictor else "none"
+
+    @property
     def known_labels(self) -> list[str]:
         """Labels the model was trained with: the text table's labels, or the class names (none in phase 1)."""
-        cond = getattr(self, "conditioner", None)  # phase 1 models have no conditioner
-        labels = list(getattr(cond, "labels", None) or getattr(cond, "classes", None) or [])
+        kind = self.conditioning_kind
+        labels = [] if kind == "none" else self.conditioner.classes if kind == "classes" else self.conditioner.labels
         return sorted({str(label) for label in labels if str(label).strip()})
 
     @property

@@ -12,8 +12,8 @@ Files written for the prefix OUT (`OUT` or `OUT.onnx` given):
   vector of the instrument, so the graph needs no text model. Outputs `embedding` (B, d) (minus the query centre) and
   `tokens`. A phase-1 model's query is the mix embedding itself (no `condition`).
 - `OUT.conditions.npy` (N, p) float32 and, in `OUT.onnx.json`, the N labels of its rows: the conditioning vectors of
-  every label the model knows (text conditioning: the frozen text encoder's embedding of each label seen in training or
-  queries, the table saved in the checkpoint; classes: the learned class embeddings). A new free-text label needs the
+  every label the model knows (text conditioning: the frozen text encoder's embedding of each label seen in training,
+  the table saved in the checkpoint; classes: the learned class embeddings). A new free-text label needs the
   model's text encoder (`minilm` / `clap`, `stemjepa.models.text_encoders.get_text_encoder(...).encode([label])`),
   run outside the graph; its vector goes into `condition` unchanged.
 - `OUT.onnx.json`: sample rate, chunk and patch lengths, grid, dimensions, model id, the files, inputs and outputs.

@@ -1,31 +1,35 @@
 """Token-wise MLP predictor g_phi (Eq. 2), conditioned on the instrument embedding c by concatenation or FiLM (Eq. 5)."""
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import nn
+
+from ..config import Fusion
 
 
 class Predictor(nn.Module):
     """L linear layers with ReLU between them: d -> m -> ... -> m -> d, applied to each token separately.
 
-    concat: c is appended to every input token (Stem-JEPA). film: for l = 1..L-1 the input of layer l+1 is
+    The fusion of c: concat: c is appended to every input token (Stem-JEPA). film: for l = 1..L-1 the input of layer l+1 is
     ReLU(gamma_l(c) * h_l + beta_l(c)) where h_l is the output of layer l and gamma_l, beta_l are affine maps R^p -> R^m.
     """
 
-    def __init__(self, embed_dim: int, cond_dim: int, hidden_dim: int = 1024, num_layers: int = 6, conditioning: str = "film",
+    def __init__(self, embed_dim: int, cond_dim: int, hidden_dim: int = 1024, num_layers: int = 6, fusion: Fusion = "film",
                  final_norm: bool = True):
         super().__init__()
-        if conditioning not in ("film", "concat"):
-            raise ValueError(f"predictor conditioning must be 'film' or 'concat', not {conditioning!r}")
+        if fusion not in get_args(Fusion):
+            raise ValueError(f"predictor fusion must be 'film' or 'concat', not {fusion!r}")
         if num_layers < 2:
             raise ValueError("the predictor needs at least 2 layers")
-        self.conditioning = conditioning
+        self.fusion = fusion
         self.num_layers = num_layers
         self.hidden_dim = hidden_dim
-        in_dim = embed_dim + cond_dim if conditioning == "concat" else embed_dim
+        in_dim = embed_dim + cond_dim if fusion == "concat" else embed_dim
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [embed_dim]
         self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
-        if conditioning == "film":
+        if fusion == "film":
             # gamma_l and beta_l for the L-1 hidden layers, computed by one affine map for speed
             self.film = nn.Linear(cond_dim, 2 * hidden_dim * (num_layers - 1))
         self.norm = nn.LayerNorm(embed_dim) if final_norm else nn.Identity()
@@ -35,7 +39,7 @@ class Predictor(nn.Module):
         for layer in self.layers:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
-        if self.conditioning == "film":
+        if self.fusion == "film":
             nn.init.xavier_uniform_(self.film.weight)
             with torch.no_grad():
                 self.film.bias.zero_()
@@ -50,7 +54,7 @@ class Predictor(nn.Module):
         """z: (B, K, d) context tokens (any leading token dims are flattened), c: (B, p) -> (B, K, d)."""
         shape = z.shape
         z = z.reshape(shape[0], -1, shape[-1])
-        if self.conditioning == "concat":
+        if self.fusion == "concat":
             h = torch.cat([z, c[:, None, :].to(z.dtype).expand(-1, z.shape[1], -1)], dim=-1)
             for layer in self.layers[:-1]:
                 h = torch.relu(layer(h))

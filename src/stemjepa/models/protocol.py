@@ -21,6 +21,12 @@ class EmbeddingModel(Protocol):
     has_predictor: bool  # phase 2 (queries are predictions) or phase 1 (queries are the mix embedding)
     checkpoint_path: str | None  # the file it was loaded from, for messages and provenance
     precision: str  # auto | fp32 | bf16 | fp16, the default of embed_many / query_many
+    training_songs: dict | None  # {dataset family: {"n", "digest", "ids"}} it was trained on, or None (not recorded)
+
+    @property
+    def conditioning_kind(self) -> str:
+        """How a query names its instrument: "text" (any text), "classes" (a fixed class list, queried with the
+        label path) or "none" (no predictor: the label is ignored)."""
 
     @property
     def model_id(self) -> str:

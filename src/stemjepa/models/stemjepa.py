@@ -2,49 +2,54 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
 
 import torch
 from torch import nn
 
 from ..audio.frontend import LogMelFrontend
-from ..config import TrainConfig, encoder_dims
+from ..config import ModelConfig, Phase, TrainConfig
 from .conditioning import build_conditioner
-from .encoder import ViTEncoder
+from .digest import weights_digest
+from .encoder import ViTEncoder, encoder_dims
 from .inference import InferenceMixin
 from .predictor import Predictor
 
 
 class StemJEPA(InferenceMixin, nn.Module):
-    """Everything needed to embed audio and predict stems; built from a TrainConfig alone (the config saved in checkpoints)."""
+    """Everything needed to embed audio and predict stems; built from its model config and training phase alone (both
+    saved in checkpoints and exports), so it depends on no training setting.
 
-    def __init__(self, cfg: TrainConfig):
+    Phase 1 holds the trainable InfoNCE temperature `log_temperature` (saved under that key; the training module sets its
+    initial value and its floor); phase 2 the EMA target encoder, the conditioner and the predictor.
+    """
+
+    training_config: TrainConfig | None = None  # set by the loaders: the recipe it was trained with (provenance only)
+
+    def __init__(self, config: ModelConfig, phase: Phase):
         super().__init__()
-        self.cfg = cfg
-        mcfg = cfg.model
-        fcfg = mcfg.frontend
+        self.config = config
+        self.phase = phase
+        fcfg = config.frontend
         self.frontend = LogMelFrontend(fcfg)
         self.sample_rate = fcfg.sample_rate
-        self.chunk_samples = int(round(mcfg.encoder.chunk_seconds * fcfg.sample_rate))
+        self.chunk_samples = int(round(config.encoder.chunk_seconds * fcfg.sample_rate))
         n_frames = self.frontend.num_frames(self.chunk_samples)
-        d, depth, heads = encoder_dims(mcfg.encoder)
+        d, depth, heads = encoder_dims(config.encoder)
         self.embed_dim = d
-        self.encoder = ViTEncoder(fcfg.n_mels, n_frames, d, depth, heads, mcfg.encoder.patch_size, mcfg.encoder.mlp_ratio)
-        self.patch_samples = fcfg.hop_length * mcfg.encoder.patch_size
+        self.encoder = ViTEncoder(fcfg.n_mels, n_frames, d, depth, heads, config.encoder.patch_size, config.encoder.mlp_ratio)
+        self.patch_samples = fcfg.hop_length * config.encoder.patch_size
         self.patch_seconds = self.patch_samples / fcfg.sample_rate
-        self.has_predictor = cfg.phase == 2
-        if cfg.phase == 1:
-            t0 = cfg.contrastive.temperature_init
-            self.log_temperature = nn.Parameter(torch.tensor(math.log(t0)))
-        elif cfg.phase == 2:
+        self.has_predictor = phase == 2
+        if phase == 1:
+            self.log_temperature = nn.Parameter(torch.zeros(()))
+        elif phase == 2:
             self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
-            self.conditioner = build_conditioner(mcfg.conditioning)
-            p = mcfg.predictor
-            self.predictor = Predictor(d, self.conditioner.dim, p.hidden_dim, p.num_layers, p.conditioning, p.final_norm)
+            self.conditioner = build_conditioner(config.conditioning)
+            p = config.predictor
+            self.predictor = Predictor(d, self.conditioner.dim, p.hidden_dim, p.num_layers, p.fusion, p.final_norm)
         else:
-            raise ValueError(f"phase must be 1 or 2, not {cfg.phase}")
-        self.center_embeddings = mcfg.center_embeddings
+            raise ValueError(f"phase must be 1 or 2, not {phase}")
+        self.center_embeddings = config.center_embeddings
         if self.center_embeddings:  # running means of pooled query (mix / prediction) and reference (stem) embeddings
             self.register_buffer("query_center", torch.zeros(d))
             self.register_buffer("reference_center", torch.zeros(d))
@@ -69,13 +74,10 @@ class StemJEPA(InferenceMixin, nn.Module):
     def update_centers(self, queries: torch.Tensor, references: torch.Tensor) -> None:
         """Move the running means towards this batch's pooled (B, d) query and reference embeddings."""
         # weight 1/(n+1) until it falls to the momentum: the exact mean of the first batches, then a running mean
-        weight = (1.0 / (self.center_updates + 1).float()).clamp(min=self.cfg.model.center_momentum)
+        weight = (1.0 / (self.center_updates + 1).float()).clamp(min=self.config.center_momentum)
         self.query_center.lerp_(queries.detach().float().mean(0), weight)
         self.reference_center.lerp_(references.detach().float().mean(0), weight)
         self.center_updates += 1
-
-    def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp().clamp(min=self.cfg.contrastive.temperature_min)
 
     def load_encoder_from(self, other_state: dict) -> None:
         """Initialise encoder (and target encoder) and front-end statistics from a phase-1 state dict (`--init`)."""
@@ -94,14 +96,8 @@ class StemJEPA(InferenceMixin, nn.Module):
 
     @property
     def model_id(self) -> str:
-        """Stable id of the weights: sha256 over the state dict (names, shapes and values), first 16 hex digits."""
+        """Stable id of the weights: the first 16 hex digits of `weights_digest`, computed once (the loaders compute it
+        as they load). Queries cannot change it: labels first seen in a query are kept outside the state dict."""
         if self._model_id is None:
-            h = hashlib.sha256()
-            for name, tensor in sorted(self.state_dict().items()):
-                if not isinstance(tensor, torch.Tensor):
-                    continue
-                h.update(name.encode())
-                h.update(str(tuple(tensor.shape)).encode())
-                h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-            self._model_id = h.hexdigest()[:16]
+            self._model_id = weights_digest(self)[:16]
         return self._model_id

@@ -1,7 +1,8 @@
 """Stem library search: index a folder of stems (FAISS vectors + SQLite metadata) and query it with a mix.
 
-`build_index(root, out, model)` creates or updates an index;
-`StemIndex.open(path).query(mix, instrument, k)` searches it.
+`build_index(root, out, model)` (build.py, the writer) creates or updates an index;
+`StemIndex.open(path).query(mix, instrument, k)` (reader.py) searches it. `model` is any `EmbeddingModel`
+(stemjepa.models.protocol). The on-disk layout: store.py (SQLite) and snapshot.py (what queries map).
 Names are imported lazily so that `stemjepa --help` does not load numpy/faiss.
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "build_index": "index", "IndexSummary": "index", "SearchResult": "index", "StemIndex": "index",
+    "build_index": "build", "IndexSummary": "build", "SearchResult": "reader", "StemIndex": "reader",
     "MIN_QUERY_SECONDS": "inputs", "QueryError": "inputs",
     "FORMAT_VERSION": "store", "StemIndexError": "store",
     "AUTO_APPROX_THRESHOLD": "vectors",

@@ -13,10 +13,12 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import StemJepaError
+from .walk import FileInfo
 
 FORMAT_VERSION = 1
 DB_NAME = "index.sqlite"
@@ -49,6 +51,26 @@ class StemIndexError(StemJepaError):
     """A stem index folder that is missing, foreign, unfinished, or written by a newer stemjepa."""
 
 
+class FileStat(NamedTuple):
+    """What tells whether an indexed file changed: its row id, and the size, mtime and checksum it had."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    checksum: str
+
+
+@dataclass(frozen=True)
+class FileVectors:
+    """A file's embedding as the index keeps it: unit file vector (d,), unit chunk vectors (n, d), chunk start times
+    (seconds) and valid-patch weights (n,)."""
+
+    vector: np.ndarray
+    chunks: np.ndarray
+    offsets: np.ndarray
+    weights: np.ndarray
+
+
 @dataclass
 class FileRow:
     """Metadata and vectors of one indexed file."""
@@ -66,6 +88,11 @@ class FileRow:
     gen_added: int
     gen_removed: int | None
 
+    @property
+    def vectors(self) -> FileVectors:
+        """The stored embedding, to copy to another row (a renamed or copied file)."""
+        return FileVectors(self.vector, self.chunks.astype(np.float32), self.offsets, self.weights)
+
 
 def _row(r: sqlite3.Row, dim: int) -> FileRow:
     n = r["n_chunks"]
@@ -76,6 +103,10 @@ def _row(r: sqlite3.Row, dim: int) -> FileRow:
         chunks=np.frombuffer(r["chunks"], np.float16).reshape(n, dim), vector=np.frombuffer(r["vector"], np.float32),
         gen_added=r["gen_added"], gen_removed=r["gen_removed"],
     )
+
+
+def _stats(rows) -> dict[str, FileStat]:
+    return {r["path"]: FileStat(r["id"], r["size"], r["mtime_ns"], r["checksum"]) for r in rows}
 
 
 class MetaStore:
@@ -157,34 +188,52 @@ class MetaStore:
             out.update({r["id"]: _row(r, dim) for r in self.conn.execute(q, part)})
         return out
 
-    def live_stats(self, generation: int) -> dict[str, tuple[int, int, int, str]]:
-        """path -> (id, size, mtime_ns, checksum) of the files visible at `generation` (the committed one)."""
+    def live_stats(self, generation: int) -> dict[str, FileStat]:
+        """path -> FileStat of the files visible at `generation` (the committed one)."""
         q = ("SELECT id, path, size, mtime_ns, checksum FROM files WHERE gen_added <= ? AND "
              "(gen_removed IS NULL OR gen_removed > ?)")
-        rows = self.conn.execute(q, (generation, generation))
-        return {r["path"]: (r["id"], r["size"], r["mtime_ns"], r["checksum"]) for r in rows}
+        return _stats(self.conn.execute(q, (generation, generation)))
 
-    def pending_stats(self, generation: int) -> dict[str, tuple[int, int, int, str]]:
-        """Rows a killed run already embedded for `generation` (not yet committed)."""
+    def pending_stats(self, generation: int) -> dict[str, FileStat]:
+        """path -> FileStat of the rows a killed run already embedded for `generation` (not yet committed)."""
         q = "SELECT id, path, size, mtime_ns, checksum FROM files WHERE gen_added = ?"
-        rows = self.conn.execute(q, (generation,))
-        return {r["path"]: (r["id"], r["size"], r["mtime_ns"], r["checksum"]) for r in rows}
+        return _stats(self.conn.execute(q, (generation,)))
 
     def row_by_checksum(self, checksum: str, dim: int) -> FileRow | None:
         r = self.conn.execute("SELECT * FROM files WHERE checksum = ? ORDER BY id DESC LIMIT 1", (checksum,)).fetchone()
         return _row(r, dim) if r else None
 
-    def insert_row(self, path: str, size: int, mtime_ns: int, checksum: str, duration: float, offsets: np.ndarray,
-                   weights: np.ndarray, chunks: np.ndarray, vector: np.ndarray, generation: int) -> int:
+    def insert_row(self, file: FileInfo, checksum: str, duration: float, vectors: FileVectors, generation: int) -> int:
+        """Add a file's row, visible from `generation` on; returns its id."""
+        v = vectors
         cur = self.conn.execute(
             "INSERT INTO files(path, size, mtime_ns, checksum, duration, n_chunks, offsets, weights, chunks, vector, "
             "gen_added, gen_removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-            (path, size, mtime_ns, checksum, float(duration), int(len(offsets)),
-             np.ascontiguousarray(offsets, np.float32).tobytes(), np.ascontiguousarray(weights, np.float32).tobytes(),
-             np.ascontiguousarray(chunks, np.float16).tobytes(), np.ascontiguousarray(vector, np.float32).tobytes(),
+            (file.path, file.size, file.mtime_ns, checksum, float(duration), int(len(v.offsets)),
+             np.ascontiguousarray(v.offsets, np.float32).tobytes(), np.ascontiguousarray(v.weights, np.float32).tobytes(),
+             np.ascontiguousarray(v.chunks, np.float16).tobytes(), np.ascontiguousarray(v.vector, np.float32).tobytes(),
              generation),
         )
         return int(cur.lastrowid)
+
+    def mark_removed(self, ids, generation: int) -> None:
+        """Rows that leave the library at `generation` (readers of earlier generations still see them)."""
+        self.conn.executemany("UPDATE files SET gen_removed = ? WHERE id = ?", [(generation, int(i)) for i in ids])
+
+    def forget_removals(self, generation: int) -> None:
+        """Undo the removals marked for `generation` or later (by a run that was interrupted)."""
+        self.conn.execute("UPDATE files SET gen_removed = NULL WHERE gen_removed >= ?", (generation,))
+
+    def delete_rows(self, ids) -> None:
+        self.conn.executemany("DELETE FROM files WHERE id = ?", [(int(i),) for i in ids])
+
+    def purge_removed(self, generation: int) -> None:
+        """Delete the rows removed before `generation`: no reader can still see them once it is committed."""
+        self.conn.execute("DELETE FROM files WHERE gen_removed IS NOT NULL AND gen_removed < ?", (generation,))
+
+    def set_mtimes(self, mtimes: dict[int, int]) -> None:
+        """New mtime_ns of rows whose file was touched but holds the same bytes (id -> mtime_ns)."""
+        self.conn.executemany("UPDATE files SET mtime_ns = ? WHERE id = ?", [(m, i) for i, m in mtimes.items()])
 
     def visible_vectors(self, generation: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 ascending, vectors float32 (n, dim)) of the rows visible at `generation`."""

@@ -1,11 +1,8 @@
-"""Training callbacks: throughput measurement, learning/collapse monitor, per-rank weight digests (DDP ranks agree)."""
+"""Training callbacks: throughput measurement and the learning/collapse monitor."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -50,28 +47,6 @@ class Throughput(L.Callback):
         if self.t0 is None or self.t1 is None or self.t1 <= self.t0:
             return float("nan")
         return self.samples / (self.t1 - self.t0)
-
-
-def weight_digest(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
-        if isinstance(p, torch.Tensor):
-            h.update(name.encode())
-            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-class RankDigest(L.Callback):
-    """At the end of training every rank writes the digest of its weights to `folder/rank<R>.json`."""
-
-    def __init__(self, folder):
-        self.folder = Path(folder)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "step": trainer.global_step,
-                  "digest": weight_digest(pl_module.model)}
-        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 class LearningMonitor(L.Callback):

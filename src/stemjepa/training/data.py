@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
-from ..data.cache import TrainingCache
+from ..data.training_cache import TrainingCache
 from ..errors import StemJepaError
 from ..data.sampling import ChunkPairDataset, OffsetSampler, collate_pairs
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig, to_dict
-from ..data.cache import TrainingCache, is_cache
+from ..data.training_cache import TrainingCache, is_cache
 from ..data.prepare import format_summary, prepare
 from ..data.provenance import training_songs
 from ..errors import CheckpointError, DataError, StemJepaError
@@ -168,10 +167,6 @@ def fit(cfg: TrainConfig, opts: FitOptions):
 
     monitor = LearningMonitor(cfg.data.batch_size)
     callbacks = [checkpointing, monitor, TrainingSongsRecord(training_songs(cache.songs, inherited)), *opts.callbacks]
-    if os.environ.get("STEMJEPA_RANK_DIGESTS"):  # used by the DDP test: each rank reports the digest of its weights
-        from .callbacks import RankDigest
-
-        callbacks.append(RankDigest(os.environ["STEMJEPA_RANK_DIGESTS"]))
     if opts.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=1 if not on_gpu else 20))  # a refresh reads the loss: a device sync
     trainer = L.Trainer(

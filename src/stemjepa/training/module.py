@@ -1,6 +1,8 @@
 """Lightning module for both training phases: phase 1 (contrastive, Eq. 1) and phase 2 (JEPA, Eq. 3 + EMA of Eq. 4)."""
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 
@@ -11,6 +13,7 @@ from ..models.diagnostics import embedding_stats, in_batch_top1
 from ..models.ema import ema_tau, ema_update
 from ..models.losses import info_nce, jepa_loss
 from ..models.stemjepa import StemJEPA
+from ..models.text_encoders import text_dim
 from .schedule import lr_factor, scaled_lr
 
 
@@ -18,9 +21,15 @@ class StemJEPAModule(L.LightningModule):
     def __init__(self, cfg: TrainConfig, labels: list[str] | None = None):
         super().__init__()
         self.cfg = cfg
-        self.model = StemJEPA(cfg)
-        if cfg.phase == 2 and cfg.model.conditioning.kind == "text" and labels:
-            self.model.conditioner.add_labels(labels)  # embed every training label once, before training
+        cond = cfg.model.conditioning
+        if cfg.phase == 2 and cond.kind == "text" and cond.text_dim is None:  # recorded in the config the checkpoint saves,
+            cond.text_dim = text_dim(cond.text_backend, cond.clap_model)  # so loading it needs no text encoder
+        self.model = StemJEPA(cfg.model, cfg.phase)
+        if cfg.phase == 1:
+            with torch.no_grad():
+                self.model.log_temperature.fill_(math.log(cfg.contrastive.temperature_init))
+        if cfg.phase == 2 and cond.kind == "text" and labels:
+            self.model.conditioner.add_labels(labels)  # embed every training label once, into the table saved with the weights
         self._compiled = False
 
     # --- set-up ------------------------------------------------------------------------------------------------------------
@@ -75,7 +84,7 @@ class StemJEPAModule(L.LightningModule):
                 key_mean = s_bar.mean(0)
                 s, s_bar = s - s.mean(0), s_bar - key_mean
                 h = h - key_mean if h is not None else None
-            temperature = self.model.temperature()
+            temperature = self.model.log_temperature.exp().clamp(min=self.cfg.contrastive.temperature_min)
             loss = info_nce(s, s_bar, temperature, self.cfg.contrastive.symmetric, h, hard_mask)
             return loss, {"temperature": temperature.detach(), **self._diagnostics(s, s_bar)}
         z = self.model.encode(context)

@@ -87,7 +87,7 @@ def check_device(device: str, devices: int, num_nodes: int) -> None:
 
 def check_data_path(data) -> Path:
     """The --data path, refused with a message that says what it is when it cannot be training data."""
-    from ..data.cache import MANIFEST
+    from ..data.training_cache import MANIFEST
 
     path = Path(data)
     if not path.exists():

@@ -1,6 +1,6 @@
 """MoisesDB: 240 songs, stems grouped by category (stemName) with an instrument (trackType) per source file.
 
-Layout (SPEC section 4): ROOT/moisesdb_v0.1/<track_uuid>/data.json and <stemName>/<track_id>.<extension>
+Layout, as distributed: ROOT/moisesdb_v0.1/<track_uuid>/data.json and <stemName>/<track_id>.<extension>
 (ROOT may also be the moisesdb_v0.1 folder itself). Each source file is one Stem labelled
 [readable stemName, readable trackType], e.g. ["guitar", "distorted electric guitar"] or ["other keys", "synth pad"];
 the raw strings and the has_bleed flag are kept in Stem.meta ("stem_name", "track_type", "has_bleed"). A stemName

@@ -1,6 +1,6 @@
 """MUSDB18 (`.stem.mp4`, 5 AAC streams) and MUSDB18-HQ (wav folders).
 
-Layouts (SPEC section 4):
+Layouts, as distributed:
     MUSDB18:    ROOT/{train,test}/<Artist - Title>.stem.mp4   streams: 0 mixture, 1 drums, 2 bass, 3 other, 4 vocals
     MUSDB18-HQ: ROOT/{train,test}/<Artist - Title>/{mixture,drums,bass,other,vocals}.wav
 The mixture is never a stem (its path is kept in Song.meta["mixture"]). Labels are the four source names; the

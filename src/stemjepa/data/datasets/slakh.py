@@ -1,6 +1,6 @@
 """Slakh2100: MIDI rendered with virtual instruments, one flac per instrument.
 
-Layout (SPEC section 4), as distributed: ROOT/{train,validation,test}/TrackNNNNN/{metadata.yaml, mix.flac,
+Layout, as distributed: ROOT/{train,validation,test}/TrackNNNNN/{metadata.yaml, mix.flac,
 stems/SNN.flac, MIDI/SNN.mid}. metadata.yaml: `stems: {SNN: {inst_class, midi_program_name, program_num, is_drum,
 audio_rendered, plugin_name}}`. Each rendered stem is one Stem labelled [inst_class, midi_program_name] in lower case
 (e.g. ["piano", "acoustic grand piano"]; drums, whose program name repeats the class, get ["drums"]). Stems with

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...audio import SAMPLE_RATE
 from ...errors import ConfigError, DataError
 from .palette import KIT_PARTS, check_names
 from .parts import Part, arrange
@@ -310,7 +311,7 @@ def _check_out_dir(out: Path, marker: dict) -> None:
 
 
 def synthesize_corpus(out_dir, n_songs: int, seconds: float = 30.0, seed: int = 0, jobs: int = 1, exclude=(),
-                      require=(), layout: str = "folder", soundfont=None, sample_rate: int = 16000,
+                      require=(), layout: str = "folder", soundfont=None, sample_rate: int = SAMPLE_RATE,
                       progress: bool = True, summary: dict | None = None) -> list[Path]:
     """Write `n_songs` synthetic multitrack songs to `out_dir` and return their folders (in song order).
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...audio import SAMPLE_RATE
 from ...errors import DataError, StemJepaError
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def _prime(synth, sfid: int) -> None:
     synth.system_reset()
 
 
-def render_instrument(inst, n_samples: int, sample_rate: int = 16000, soundfont=None) -> np.ndarray:
+def render_instrument(inst, n_samples: int, sample_rate: int = SAMPLE_RATE, soundfont=None) -> np.ndarray:
     """Render a pretty_midi Instrument to a mono float32 array of exactly `n_samples` at `sample_rate`."""
     import soxr
 

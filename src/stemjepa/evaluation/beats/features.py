@@ -7,13 +7,13 @@ the padding are trimmed, so every 160 ms of audio has exactly one vector.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import StemJepaError
+from ...fsutil import atomic_write
 
 
 def patch_samples(model) -> int:
@@ -101,8 +101,5 @@ class FeatureCache:
                 pass  # a truncated file from an interrupted run: recompute it
         feats = np.asarray(compute(), dtype=np.float32)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.clip(feats, -65000, 65000).astype(np.float16))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.save(f, np.clip(feats, -65000, 65000).astype(np.float16)))
         return np.load(path, mmap_mode="r")

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from ...fsutil import atomic_write_text
 
 PLOT_SECONDS = 20.0
 
@@ -26,9 +27,7 @@ def _clean(value):
 
 def write_metrics(path, report: dict) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_clean(report), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_clean(report), indent=2) + "\n")
     return path
 
 

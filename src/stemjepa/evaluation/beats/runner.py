@@ -81,7 +81,7 @@ def evaluate_beats(model, train_specs, test_specs, out_dir, cfg: BeatEvalConfig 
         log.warning("test dataset folder(s) also used for training: %s", ", ".join(sorted(overlap)))
     fps = frames_per_second(model.patch_seconds)
     decoder = make_decoder(cfg.decoder, fps)
-    feature_id = feature_id or str(getattr(model, "model_id", "model"))
+    feature_id = feature_id or str(model.model_id)
     cache = FeatureCache((Path(cache_dir) if cache_dir else out_dir / "features") if use_cache else None, feature_id)
     skipped: list[dict] = []
     train = load_items(model, train_specs, cache, cfg, skipped, progress_factory)

@@ -1,10 +1,10 @@
-"""Per-song cache of the retrieval embeddings, so that re-running the benchmark (another metric, the other conditioning
-level, a fixed plot) does not re-encode audio.
+"""Per-song cache of the retrieval benchmark's embeddings, so that re-running it (another metric, the other label level,
+a fixed plot) does not re-encode audio. Not the training cache (`stemjepa.data.training_cache`, decoded audio).
 
 Layout: CACHE_DIR/<model_id>/<dataset>-<split>/<song key>.npz holding the song's fingerprint (its stem files' paths,
 sizes and mtimes and the silence threshold), the status of each stem ("ok", "silent" or "unreadable"), the reference
-(pool) vector of every usable stem and the query vectors computed so far, keyed by (stem, conditioning text). A stale fingerprint means the entry
-is ignored and rewritten. Files are written atomically (temporary file + rename).
+(pool) vector of every usable stem and the query vectors computed so far, keyed by (stem, text the query was conditioned
+on). A stale fingerprint means the entry is ignored and rewritten. Files are written with `fsutil.atomic_write`.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.multitrack import Song
+from ..fsutil import atomic_write
 
 CACHE_VERSION = 1
 
@@ -83,8 +84,6 @@ class EmbeddingCache:
         if self.dir is None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self._path(song_id)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
 
         def stack(vectors) -> np.ndarray:
             vectors = list(vectors)
@@ -95,8 +94,8 @@ class EmbeddingCache:
             return out
 
         qkeys = list(entry.queries)
-        np.savez(
-            tmp,
+        atomic_write(self._path(song_id), lambda fh: np.savez(
+            fh,
             fingerprint=np.array(entry.fingerprint),
             status_names=np.array(list(entry.status), dtype=str),
             status_values=np.array(list(entry.status.values()), dtype=str),
@@ -106,5 +105,4 @@ class EmbeddingCache:
             query_labels=np.array([k[1] for k in qkeys], dtype=str),
             query_empty=np.array([entry.queries[k].size == 0 for k in qkeys], dtype=bool),
             query_vectors=stack(entry.queries[k] for k in qkeys),
-        )
-        os.replace(tmp, path)
+        ))

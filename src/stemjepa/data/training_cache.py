@@ -1,4 +1,5 @@
 """The training cache: songs decoded once to memory-mappable float16 arrays plus a frame-level activity index.
+(The retrieval benchmark's cache of embeddings is another thing: `stemjepa.evaluation.embedding_cache`.)
 
 Layout of a cache folder:
     cache.json                  manifest (written by `finalize_cache`; rebuilt from the per-song files when missing)

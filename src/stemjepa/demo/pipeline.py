@@ -1,0 +1,184 @@
+"""The demo's stages: corpus, two training phases, the retrieval benchmark, a stem index with example queries, the report.
+
+Each stage reuses what an earlier run left in the output folder (corpus, finished training runs, embedding cache).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import SAMPLE_RATE
+
+# the demo ranks by cosine, as the stem index does (the paper's L2 is `stemjepa eval retrieval`'s default)
+DISTANCE = "cosine"
+# instruments that only the held-out songs play: their category is known from training, the instrument itself is not
+HELD_OUT = ("alto saxophone", "violin", "rhodes electric piano")
+LABEL_LEVELS = ("fine", "coarse")
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("demo_out")
+    minutes: float = 10.0  # budget for the whole job (training gets what the other stages leave)
+    train_songs: int = 128
+    test_songs: int = 12
+    seconds: float = 16.0
+    seed: int = 0
+    jobs: int = 2
+    held_out: tuple[str, ...] = HELD_OUT
+    phase1_steps: int = 300
+    phase2_steps: int = 300
+    batch_size: int = 24
+    progress: bool = True
+    timings: dict = field(default_factory=dict)
+
+
+class _Stage:
+    def __init__(self, cfg: DemoConfig, name: str):
+        self.cfg, self.name = cfg, name
+
+    def __enter__(self):
+        self.t0 = time.time()
+        print(f"\n== {self.name}", flush=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.cfg.timings[self.name] = round(time.time() - self.t0, 1)
+        if exc[0] is None:
+            print(f"   done in {self.cfg.timings[self.name]:.0f} s", flush=True)
+
+
+def _train(cfg: DemoConfig, config: str, run: Path, steps: int, seconds: float, data: Path, init: Path | None = None) -> Path:
+    """Train one phase unless a finished run is already there; an unfinished one is resumed."""
+    from ..config import load_config
+    from ..models.checkpoint import read_checkpoint
+    from ..training.fit import FitOptions, fit
+
+    last = run / "checkpoints" / "last.ckpt"
+    done = run / "done.json"
+    if last.is_file() and done.is_file():
+        print(f"   reusing {last} ({json.loads(done.read_text())['steps']} steps)")
+        return last
+    resume = last.is_file()  # an interrupted demo run continues
+    overrides = [f"max_steps={steps}", f"data.batch_size={cfg.batch_size}", "data.num_workers=1", "log_every=5",
+                 f"checkpoint_every={max(50, steps // 4)}", f"seed={cfg.seed}"]
+    opts = FitOptions(data=str(data), out=str(run), init=str(init) if init else None, resume=resume, overwrite=not resume,
+                      device="auto", progress=cfg.progress, max_time=max(30.0, seconds))
+    last = fit(load_config(config, overrides), opts)
+    done.write_text(json.dumps({"steps": read_checkpoint(last)["global_step"]}))
+    return last
+
+
+def _pick_queries(songs, held_out) -> list[tuple]:
+    """(song, stem index) pairs, one song each: a held-out (zero-shot) instrument, a bass, and drums."""
+    wanted = [
+        lambda st: any(h in " ".join(st.labels).lower() for h in held_out),
+        lambda st: bool(st.labels) and st.labels[0] == "bass",
+        lambda st: bool(st.labels) and st.labels[0] == "drums",
+    ]
+    picks, used = [], set()
+    for want in wanted:
+        for song in songs:
+            hits = [i for i, st in enumerate(song.stems) if want(st)]
+            if song.id not in used and hits and len(song.stems) > 2:
+                picks.append((song, hits[0]))
+                used.add(song.id)
+                break
+    return picks
+
+
+def _example_queries(cfg: DemoConfig, index, songs, qdir: Path) -> list[dict]:
+    """Ask the index which stem fits each picked song without one of its stems; print and return the answers."""
+    from ..audio.io import save_audio
+    from ..data.multitrack import load_song
+
+    examples = []
+    for song, s in _pick_queries(songs, cfg.held_out):
+        loaded = load_song(song, SAMPLE_RATE)
+        target = song.stems[s]
+        keep = [i for i, st in enumerate(loaded.stems) if st.path != target.path]
+        mix_path = qdir / f"{song.id}_without_{target.name}.wav"
+        mix = loaded.audio[keep].sum(0)
+        save_audio(mix_path, mix / max(1.0, float(np.abs(mix).max()) / 0.95), SAMPLE_RATE)
+        text = target.labels[-1] if target.labels else "music"
+        results = index.query(str(mix_path), text, k=5)
+        rows = [{"rank": r.rank, "score": round(r.score, 2), "cosine": round(r.cosine, 3), "path": r.path, "offset": r.offset,
+                 "right_stem": Path(r.path).resolve() == Path(target.path).resolve(),
+                 "same_song": Path(r.path).resolve().parent == Path(target.path).resolve().parent} for r in results]
+        examples.append({"song": song.id, "mix": str(mix_path), "instrument": text, "truth": str(target.path),
+                         "zero_shot": any(h in " ".join(target.labels) for h in cfg.held_out), "results": rows})
+        print(f"\n   Which {text!r} fits {mix_path.name}?" + ("  (zero-shot: never heard in training)" if examples[-1]["zero_shot"] else ""))
+        for r in rows:
+            mark = "RIGHT STEM" if r["right_stem"] else ("same song" if r["same_song"] else "")
+            print(f"    {r['rank']}. {r['score']:+5.1f} sd  {Path(r['path']).parent.name}/{Path(r['path']).name:<28} {mark}")
+    return examples
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every stage; returns the summary (also written to OUT/summary.json)."""
+    from ..data.multitrack import read_folder
+    from ..data.synth import synthesize_corpus
+    from .report import plot_curves, print_summary, summary_metrics, write_reports
+
+    started = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = cfg.minutes * 60.0
+    train_dir, test_dir = out / "data" / "train", out / "data" / "test"
+
+    with _Stage(cfg, "1/5 synthetic corpus (FluidSynth)"):
+        synthesize_corpus(train_dir, cfg.train_songs, cfg.seconds, seed=cfg.seed, jobs=cfg.jobs, exclude=cfg.held_out,
+                          progress=cfg.progress)
+        synthesize_corpus(test_dir, cfg.test_songs, cfg.seconds, seed=cfg.seed + 1, jobs=cfg.jobs, require=cfg.held_out,
+                          progress=cfg.progress)
+        print(f"   {cfg.train_songs} training songs without {', '.join(cfg.held_out)}; {cfg.test_songs} held-out songs with them")
+
+    # training gets what is left after the other stages (about 20% of the budget for evaluation, search and the report)
+    left = budget - (time.time() - started)
+    train_seconds = max(60.0, 0.8 * left - 30)
+    runs = {"contrastive baseline (phase 1)": out / "runs" / "phase1", "full model (phase 2, FiLM)": out / "runs" / "phase2"}
+    with _Stage(cfg, "2/5 training: phase 1 (contrastive) then phase 2 (JEPA, FiLM on MiniLM text embeddings)"):
+        p1 = _train(cfg, "tiny_phase1", runs["contrastive baseline (phase 1)"], cfg.phase1_steps, 0.5 * train_seconds, train_dir)
+        p2 = _train(cfg, "tiny", runs["full model (phase 2, FiLM)"], cfg.phase2_steps,
+                    train_seconds - (time.time() - started - (budget - left)), train_dir, init=p1)
+
+    from ..evaluation.report import compare_table
+    from ..evaluation.retrieval import evaluate_retrieval
+
+    songs, _ = read_folder(test_dir)
+    metrics = {}
+    with _Stage(cfg, "3/5 retrieval benchmark on the held-out songs (Table I protocol)"):
+        for name, ckpt in (("contrastive baseline", p1), ("full model", p2)):
+            for level in LABEL_LEVELS:
+                d = out / "eval" / f"{name.replace(' ', '_')}-{level}"
+                metrics[(name, level)] = evaluate_retrieval(str(ckpt), songs, level, d, dataset="folder", split="held-out",
+                                                            cache_dir=out / "eval" / "cache", name=name, overwrite=True,
+                                                            progress=cfg.progress, distance=DISTANCE)
+        table = compare_table([d for level in LABEL_LEVELS for d in sorted((out / "eval").glob(f"*-{level}"))])
+
+    from ..search import StemIndex, build_index
+
+    with _Stage(cfg, "4/5 stem library: index the held-out songs' stems and ask which stem fits a mix"):
+        from ..models import load_model
+
+        model = load_model(p2)
+        summary = build_index(test_dir, out / "index", model, checkpoint=str(p2), progress=cfg.progress)
+        print("   " + summary.text().replace("\n", "\n   "))
+        qdir = out / "queries"
+        qdir.mkdir(exist_ok=True)
+        with StemIndex.open(out / "index", model=model) as index:
+            examples = _example_queries(cfg, index, songs, qdir)
+
+    with _Stage(cfg, "5/5 report"):
+        plot_curves(runs, out / "training_curves.png", cfg.batch_size)
+        result = {"metrics": summary_metrics(metrics), "examples": examples, "timings_s": cfg.timings,
+                  "held_out": list(cfg.held_out), "checkpoints": {"phase1": str(p1), "phase2": str(p2)}}
+        write_reports(out, cfg, table, metrics, examples)
+    result["timings_s"]["total"] = round(time.time() - started, 1)
+    (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+    print_summary(metrics, out, result["timings_s"]["total"])
+    return result

@@ -1,0 +1,450 @@
+"""Writing a stem index: `build_index(root, out, model)` creates or updates the index folder (the reader is reader.py).
+
+Index folder layout:
+    index.sqlite               metadata + vectors of every file (source of truth), see store.py
+    snapshot-<G>.*             what queries map at generation G, see snapshot.py
+    index.lock                 held (flock) by the one `index` run allowed at a time
+An update works on generation N = committed + 1, commits after every batch (a killed run resumes), writes the
+snapshot of N, then commits `generation = N`: the moment the update appears to readers.
+"""
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import sqlite3
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+import numpy as np
+
+from .. import __version__
+from ..audio.io import load_audio
+from ..audio.quality import check_embeddable
+from ..errors import AudioError, CheckpointError, DataError, StemJepaError
+from ..fsutil import WriteError, describe_write_error
+from .integrity import check_snapshot
+from .snapshot import previous_ann, remove_old_snapshots, snapshot_paths, write_snapshot
+from .store import DB_NAME, FORMAT_VERSION, LOCK_NAME, FileRow, FileVectors, MetaStore, StemIndexError
+from .vectors import INDEX_POLICIES, default_params, normalize, resolve_index_type
+from .walk import FileInfo, file_checksum, stat_file, walk_audio
+
+if TYPE_CHECKING:
+    from ..models.protocol import EmbeddingModel
+
+
+@dataclass
+class IndexSummary:
+    """What an `index` run did. `failed` lists (path, problem) for files that were skipped."""
+
+    index: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    reused: int = 0  # embeddings copied from an identical file (same checksum) instead of recomputed
+    resumed: int = 0  # embeddings kept from a run that was interrupted
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    found: int = 0  # audio files found under the folder
+    total: int = 0
+    index_type: str = ""
+    generation: int = 0
+    repaired: str = ""  # the damaged snapshot that this run rewrote
+
+    def text(self) -> str:
+        lines = [f"{self.index}: {self.total} files searchable ({self.index_type}, generation {self.generation}); "
+                 f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
+                 f"{len(self.failed)} failed"]
+        extra = [f"{n} {what}" for n, what in ((self.resumed, "kept from an interrupted run"),
+                                               (self.reused, "copied from identical files")) if n]
+        if extra:
+            lines[0] += f" ({', '.join(extra)})"
+        if self.repaired:
+            lines.append(f"  repaired: {self.repaired}; the snapshot was rebuilt from {DB_NAME}")
+        if not self.found:
+            lines.append("  note: no audio files found under the folder (looked for "
+                         "wav, flac, mp3, ogg, opus, m4a, mp4, aac, aif(f), wma)")
+        lines += [f"  failed: {path}: {problem}" for path, problem in self.failed]
+        return "\n".join(lines)
+
+
+class _Todo(NamedTuple):
+    """A file to embed and the live row of its previous version (None for a new file)."""
+
+    file: FileInfo
+    replaces: int | None
+
+
+@dataclass
+class _Loaded:
+    """A file read for embedding: its wave, or the vectors of a stored file with the same bytes (`reuse`)."""
+
+    todo: _Todo
+    checksum: str
+    wave: np.ndarray | None
+    reuse: FileRow | None
+
+
+@dataclass
+class _Embedded:
+    """A file's row, ready to insert."""
+
+    todo: _Todo
+    checksum: str
+    duration: float
+    vectors: FileVectors
+
+
+def model_reference(checkpoint) -> str | None:
+    """What an index records for the model it was built with: a built-in model's versioned name, else the file's
+    absolute path (a name that is neither, e.g. a test's fake, is kept as an absolute path too)."""
+    if not checkpoint:
+        return None
+    from ..models.registry import resolve
+
+    try:
+        return resolve(checkpoint).ref
+    except CheckpointError:
+        return str(Path(checkpoint).resolve())
+
+
+def _file_vectors(emb, dim: int) -> FileVectors:
+    """The unit vectors of a TrackEmbedding, checked (a broken model must not put garbage into the index)."""
+    vector = np.asarray(emb.vector, dtype=np.float32).reshape(-1)
+    chunks = np.asarray(emb.chunks, dtype=np.float32).reshape(-1, vector.shape[0])
+    offsets = np.asarray(emb.offsets, dtype=np.float32).reshape(-1)
+    weights = np.asarray(emb.weights, dtype=np.float32).reshape(-1)
+    if vector.shape[0] != dim:
+        raise StemJepaError(f"model returned {vector.shape[0]}-d vectors, the index holds {dim}-d")
+    if not (np.all(np.isfinite(vector)) and np.all(np.isfinite(chunks))) or np.linalg.norm(vector) == 0:
+        raise StemJepaError("model returned a non-finite or zero embedding")
+    if len(chunks) != len(offsets) or len(weights) != len(offsets) or len(offsets) == 0:
+        raise StemJepaError("model returned inconsistent chunks/offsets/weights")
+    return FileVectors(normalize(vector), normalize(chunks), offsets, weights)
+
+
+@contextmanager
+def _writer_lock(folder: Path):
+    """One writer per index; the lock dies with the process, so a killed run never blocks the next one."""
+    fh = open(folder / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StemIndexError(
+                f"{folder}: another `stemjepa index` run is updating this index; wait for it") from None
+        yield
+    finally:
+        fh.close()
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise StemIndexError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and not (out / DB_NAME).exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise StemIndexError(f"{out}: folder is not empty and holds no stem index; choose an empty or new --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def build_index(root, out, model: EmbeddingModel, checkpoint=None, batch_size: int = 16, index_type: str | None = None,
+                progress: bool = True, on_phase: Callable[[str], None] | None = None,
+                allow_empty: bool = False, precision: str | None = None) -> IndexSummary:
+    """Create or update the index in `out` for the audio files under `root`, embedded with `model`.
+
+    New files are embedded, files unchanged since the last run (size + mtime, or checksum when only the mtime moved)
+    are skipped, deleted files are dropped. Work is committed after every batch, so a run that is killed resumes where
+    it stopped; the searchable index changes only at the final commit. `index_type` (auto|exact|ivfpq|hnsw) defaults
+    to the index's current policy (auto for a new index). `batch_size` is the number of model chunks per forward pass.
+    `on_phase(name)` is called at "batch" (a batch committed) and "snapshot" (snapshot written, not yet committed).
+    An update that would remove every file of a non-empty index (an unmounted drive) is refused unless `allow_empty`.
+    A full disk or a write error ends the run with one line; the previous generation stays searchable.
+    `precision` (auto|fp32|bf16|fp16; default: the model's) is that of every forward pass (models/precision.py).
+    """
+    root, out = Path(root).expanduser().resolve(), Path(out).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found (give the folder holding your stems)")
+    if index_type is not None and index_type not in INDEX_POLICIES:
+        raise StemJepaError(f"unknown index type {index_type!r} (choose from {', '.join(INDEX_POLICIES)})")
+    if batch_size < 1:
+        raise StemJepaError(f"--batch-size must be at least 1, got {batch_size}")
+    try:
+        _prepare_out(out)
+        with _writer_lock(out):
+            store = MetaStore(out, create=True)
+            try:
+                return _Update(store, root, model, checkpoint, batch_size, index_type, progress, on_phase,
+                               allow_empty, precision).run()
+            finally:
+                store.close()
+    except WriteError as exc:
+        raise StemIndexError(f"{exc} (the previous index is still usable)") from None
+    except sqlite3.OperationalError as exc:
+        full = "full" in str(exc).lower()
+        raise StemIndexError(f"{out / DB_NAME}: " + ("disk full (no space left on the device)" if full else f"cannot write "
+                             f"({exc})") + "; the previous index is still usable: free some space and run again") from None
+    except OSError as exc:
+        raise StemIndexError(f"{describe_write_error(getattr(exc, 'filename', None) or out, exc)} "
+                             "(the previous index is still usable)") from None
+
+
+class _Update:
+    """One `index` run on generation N = committed + 1 (see store.py): plan, embed, publish."""
+
+    def __init__(self, store: MetaStore, root: Path, model: EmbeddingModel, checkpoint, batch_size: int,
+                 index_type: str | None, progress: bool, on_phase, allow_empty: bool, precision: str | None):
+        self.store, self.root, self.model = store, root, model
+        self.allow_empty, self.precision = allow_empty, precision
+        self.checkpoint = model_reference(checkpoint)
+        self.batch_size, self.progress = batch_size, progress
+        self.on_phase = on_phase or (lambda phase: None)
+        self.summary = IndexSummary(index=str(store.folder))
+        self._db_lock = threading.Lock()  # the loader threads look up reusable rows on the same connection
+        self._init_info(index_type)
+        self.G = store.generation
+        self.N = self.G + 1
+
+    def _init_info(self, index_type: str | None) -> None:
+        s, model_id = self.store, str(self.model.model_id)
+        with s.transaction():
+            if s.get("format_version") is None:
+                s.set("format_version", FORMAT_VERSION)
+                s.set("model_id", model_id)
+                s.set("generation", 0)
+                s.set("index_policy", index_type or "auto")
+                s.set("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+                s.set("sample_rate", int(self.model.sample_rate))
+                s.set("checksum", "blake2b-128")
+            elif s.get("model_id") != model_id:
+                raise CheckpointError(
+                    f"{s.folder}: index was built with model {s.get('model_id')} (checkpoint {s.get('checkpoint')}), "
+                    f"this checkpoint is model {model_id}: index with the same checkpoint, or choose a new --out "
+                    "folder")
+            if self.checkpoint:
+                s.set("checkpoint", self.checkpoint)
+            if index_type is not None:
+                s.set("index_policy", index_type)
+            s.set("stemjepa_version", __version__)
+            if s.get("embed_dim") is None:
+                s.set("embed_dim", int(self.model.embed_dim))
+        self.dim = int(s.get("embed_dim"))
+        self.policy = s.get("index_policy")
+
+    # --- plan ------------------------------------------------------------------------------------------------------
+    def run(self) -> IndexSummary:
+        s, G, N, sm = self.store, self.G, self.N, self.summary
+        with s.transaction():  # forget the removals of an interrupted run: they are recomputed below
+            s.forget_removals(N)
+        live, pending = s.live_stats(G), s.pending_stats(N)
+        found, walk_errors = walk_audio(self.root, exclude=[s.folder])
+        sm.failed += walk_errors
+        sm.found = len(found)
+        on_disk = {f.path for f in found}
+
+        to_embed: list[_Todo] = []
+        remove: list[int] = []
+        drop_pending: list[int] = []
+        touched: dict[int, int] = {}  # row id -> new mtime_ns (same bytes)
+        for f in found:
+            old, done = live.get(f.path), pending.get(f.path)
+            if done is not None:
+                if (done.size, done.mtime_ns) == (f.size, f.mtime_ns):
+                    sm.resumed += 1
+                    sm.updated += old is not None
+                    sm.added += old is None
+                    if old is not None:
+                        remove.append(old.id)
+                    continue
+                drop_pending.append(done.id)
+            if old is not None and old.size == f.size:
+                if old.mtime_ns == f.mtime_ns or self._checksum(f) == old.checksum:
+                    if old.mtime_ns != f.mtime_ns:
+                        touched[old.id] = f.mtime_ns
+                    sm.unchanged += 1
+                    continue
+            to_embed.append(_Todo(f, old.id if old else None))
+        drop_pending += [row.id for path, row in pending.items() if path not in on_disk]
+        for path, row in live.items():
+            if path in on_disk:
+                continue
+            under_root = path.startswith(str(self.root) + os.sep)
+            # deleted; files indexed from another folder stay while they exist
+            if under_root or stat_file(path) is None:
+                remove.append(row.id)
+                sm.removed += 1
+        keeps = to_embed or sm.unchanged or sm.resumed
+        if live and len(remove) == len(live) and not keeps and not self.allow_empty:
+            raise StemIndexError(
+                f"{self.root}: this update would remove all {len(live)} files of the index {s.folder} (no audio file "
+                "found where they were: is the drive mounted?); nothing was changed. Pass --allow-empty to empty it")
+        with s.transaction():
+            s.delete_rows(drop_pending)
+            s.set_mtimes(touched)
+            s.mark_removed(remove, N)
+
+        self._embed_all(to_embed)
+        self._publish()
+        return sm
+
+    @staticmethod
+    def _checksum(f: FileInfo) -> str | None:
+        try:
+            return file_checksum(f.path)
+        except OSError:
+            return None
+
+    # --- embed -----------------------------------------------------------------------------------------------------
+    def _load(self, todo: _Todo) -> _Loaded:
+        """Runs in a loader thread: checksum, then the stored vectors of identical bytes or the decoded wave."""
+        path = todo.file.path
+        checksum = file_checksum(path)
+        with self._db_lock:  # a copied or renamed file: its vectors are reused, not recomputed
+            reuse = self.store.row_by_checksum(checksum, self.dim)
+        if reuse is not None:
+            return _Loaded(todo, checksum, None, reuse)
+        sr = self.model.sample_rate
+        wave = load_audio(path, sample_rate=sr, mono=True)
+        check_embeddable(wave, sr, path)
+        return _Loaded(todo, checksum, wave, None)
+
+    def _embed_all(self, to_embed: list[_Todo]) -> None:
+        from ..models.inference import prefetch
+
+        if not to_embed:
+            return
+        chunk = self.model.chunk_samples
+        bar = _progress(len(to_embed), self.progress, "embedding")
+        batch: list[_Loaded] = []
+        batch_chunks = 0
+        try:
+            for todo, fut in prefetch(to_embed, self._load):
+                try:
+                    loaded = fut.result()
+                except (AudioError, OSError) as exc:
+                    self._failed(todo, getattr(exc, "problem", None) or str(exc))
+                    bar.update(1)
+                    continue
+                batch.append(loaded)
+                batch_chunks += 0 if loaded.wave is None else max(1, math.ceil(len(loaded.wave) / chunk))
+                if batch_chunks >= self.batch_size or len(batch) >= 4 * self.batch_size:
+                    self._flush(batch, bar)
+                    batch, batch_chunks = [], 0
+            if batch:
+                self._flush(batch, bar)
+        finally:
+            bar.close()
+
+    def _failed(self, todo: _Todo, problem: str) -> None:
+        """Report a file that could not be indexed; if it changed since it was indexed, its old entry goes too."""
+        self.summary.failed.append((todo.file.path, problem))
+        if todo.replaces is not None:
+            with self._db_lock, self.store.transaction():
+                self.store.mark_removed([todo.replaces], self.N)
+            self.summary.removed += 1
+
+    def _embed(self, waves: list[np.ndarray]) -> list:
+        return self.model.embed_many(waves, batch_size=self.batch_size, precision=self.precision)
+
+    def _embeddings(self, to_model: list[_Loaded]) -> list:
+        """The model's TrackEmbedding of each file, or the exception it raised for that file alone."""
+        if not to_model:
+            return []
+        try:
+            return self._embed([b.wave for b in to_model])
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception:  # noqa: BLE001 - isolate the file that breaks the batch
+            out = []
+            for b in to_model:
+                try:
+                    out.append(self._embed([b.wave])[0])
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    out.append(exc)
+            return out
+
+    def _flush(self, batch: list[_Loaded], bar) -> None:
+        """Embed one batch and commit its rows in one transaction."""
+        to_model = [b for b in batch if b.reuse is None]
+        embs = {id(b): e for b, e in zip(to_model, self._embeddings(to_model))}
+        rows: list[_Embedded] = []
+        for b in batch:
+            try:
+                if b.reuse is not None:
+                    rows.append(_Embedded(b.todo, b.checksum, b.reuse.duration, b.reuse.vectors))
+                    self.summary.reused += 1
+                    continue
+                emb = embs.get(id(b))
+                if isinstance(emb, Exception) or emb is None:
+                    raise StemJepaError(f"embedding failed ({type(emb).__name__}: {emb})")
+                duration = len(b.wave) / self.model.sample_rate
+                rows.append(_Embedded(b.todo, b.checksum, duration, _file_vectors(emb, self.dim)))
+            except StemJepaError as exc:
+                self._failed(b.todo, str(exc))
+        s = self.store
+        with self._db_lock, s.transaction():
+            for row in rows:
+                s.insert_row(row.todo.file, row.checksum, row.duration, row.vectors, self.N)
+            s.mark_removed([r.todo.replaces for r in rows if r.todo.replaces is not None], self.N)
+        replaced = sum(r.todo.replaces is not None for r in rows)
+        self.summary.updated += replaced
+        self.summary.added += len(rows) - replaced
+        bar.update(len(batch))
+        self.on_phase("batch")
+
+    # --- publish ---------------------------------------------------------------------------------------------------
+    def _publish(self) -> None:
+        """Write the snapshot of N and commit it, unless nothing changed and the current snapshot is sound."""
+        s, G, N, sm = self.store, self.G, self.N, self.summary
+        records = s.get("snapshot_files")
+        problem = check_snapshot(snapshot_paths(s.folder, G), records, full=True) if G > 0 else "no snapshot yet"
+        snapshot_ok = problem is None and records is not None  # an older index without records gets them now
+        if G > 0 and problem:
+            sm.repaired = problem
+        n_live = len(s.live_stats(N))
+        kind = resolve_index_type(self.policy, n_live)
+        changed = sm.added or sm.updated or sm.removed or not snapshot_ok or kind != s.get("index_type")
+        if not changed:
+            sm.total, sm.index_type, sm.generation = n_live, kind, G
+            return
+        ids, vectors = s.visible_vectors(N, self.dim)
+        params = self._params(kind, len(ids))
+        if self.progress:
+            print(f"writing the {kind} index of {len(ids)} files...", file=sys.stderr, flush=True)
+        reuse_ann = previous_ann(s.folder, G) if kind == "ivfpq" and s.get("index_type") == "ivfpq" else None
+        record = write_snapshot(s.folder, N, kind, ids, vectors, params, reuse_ann)
+        self.on_phase("snapshot")
+        with s.transaction():
+            s.set("generation", N)
+            s.set("snapshot_files", record)
+            s.set("index_type", kind)
+            s.set("index_params", params)
+            s.set("count", int(len(ids)))
+            s.set("updated", time.strftime("%Y-%m-%dT%H:%M:%S"))
+            s.purge_removed(N)
+        remove_old_snapshots(s.folder, N)
+        sm.total, sm.index_type, sm.generation = int(len(ids)), kind, N
+
+    def _params(self, kind: str, n: int) -> dict:
+        params = default_params(kind, n, self.dim)
+        old = self.store.get("index_params") or {}
+        if kind == "ivfpq" and self.store.get("index_type") == "ivfpq":
+            trained_n = old.get("trained_n", 0)
+            if trained_n and 0.5 <= n / trained_n <= 2.0:  # keep the trained quantisers while the library is similar
+                params = {**params, **{k: old[k] for k in ("nlist", "m", "nbits", "nprobe", "train_size") if k in old}}
+                params["trained_n"] = trained_n
+                return params
+        if kind == "ivfpq":
+            params["trained_n"] = n
+        return params
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="file", disable=not enabled, dynamic_ncols=True)

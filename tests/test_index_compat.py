@@ -1,0 +1,44 @@
+"""An index written before the search/ split (tests/fixtures/index_format1: built with the fake model of
+test_search_fakes from `write_songs` under /tmp/oldfix/stems by the code of commit 'EmbeddingModel protocol') still opens,
+answers queries and takes an update with today's code."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from test_search_fakes import FakeModel, write_songs
+
+from stemjepa.search import StemIndex, build_index
+
+FIXTURE = Path(__file__).parent / "fixtures" / "index_format1"
+OLD_ROOT = "/tmp/oldfix/stems"
+
+
+def old_index(tmp_path: Path) -> Path:
+    out = tmp_path / "idx"
+    shutil.copytree(FIXTURE, out)
+    return out
+
+
+def test_old_index_opens_and_finds_the_held_out_bass(tmp_path):
+    out = old_index(tmp_path)
+    songs = write_songs(tmp_path / "stems")  # the same deterministic songs the fixture was built from
+    with StemIndex.open(out, model=FakeModel()) as index:
+        assert len(index) == 15 and index.generation == 1
+        for i, stems in songs.items():
+            best = index.query(stems["keys"] + stems["drums"], "bass", k=2)
+            assert best[0].path == f"{OLD_ROOT}/song{i}/bass.wav"
+            assert best[0].cosine > 0.99 > best[1].cosine
+
+
+def test_old_index_takes_an_update(tmp_path):
+    out = old_index(tmp_path)
+    root = tmp_path / "stems"
+    songs = write_songs(root)
+    summary = build_index(root, out, FakeModel(), progress=False)
+    # a second root joins the index (files outside the walked root stay), as the code before the split did
+    assert (summary.added, summary.reused, summary.removed, summary.failed) == (15, 0, 0, [])
+    assert (summary.total, summary.generation) == (30, 2)
+    with StemIndex.open(out, model=FakeModel()) as index:
+        mix = songs[2]["keys"] + songs[2]["drums"]
+        assert index.query(mix, "bass", k=1)[0].path == str(root / "song2" / "bass.wav")
