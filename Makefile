@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fluidsynth libfluidsynth3 ffmpeg libsndfile1 chromium fonts-dejavu-core
 STAMP := $(VENV)/.installed
 
-.PHONY: install system demo test clean
+.PHONY: install system demo test lint clean
 
 system:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -29,7 +29,10 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/stemjepa demo --out demo_out
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks hubconf.py
+
+test: install lint
 	$(PY) -m pytest -q -x --timeout=900
 
 clean:

@@ -45,8 +45,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from stemjepa.config import load_config  # noqa: E402
-from stemjepa.models.encoder import encoder_dims  # noqa: E402
 from stemjepa.models import precision as P  # noqa: E402
+from stemjepa.models.encoder import encoder_dims  # noqa: E402
 from stemjepa.models.stemjepa import StemJEPA  # noqa: E402
 
 CLASSES = ["bass", "drums", "piano", "guitar", "strings", "voice", "synth", "music"]
@@ -377,8 +377,10 @@ def main() -> int:
     for r in result["speed"]:
         lines.append(f"| {r['model']} | {r['precision']} | {r['batch']} | {fmt(r['project_embed_chunks_s'])} | "
                      f"{fmt(r['minimal_chunks_s'])} | {fmt(r['ratio_embed_to_minimal'])} | {fmt(r['embed_x_realtime'], 1)} | "
-                     f"{fmt(r['project_query_chunks_s'])}" + (f" | {fmt(r.get('compiled_embed_chunks_s'))} | "
-                                                              f"{fmt(r.get('compile_seconds'), 1)}" if args.compile else "") + " |")
+                     f"{fmt(r['project_query_chunks_s'])}"
+                     + (f" | {fmt(r.get('compiled_embed_chunks_s'))} | "
+                        f"{fmt(r.get('compile_seconds'), 1)}" if args.compile else "")
+                     + " |")
     if not native and not args.force_bf16:
         lines.append(f"\nbf16 speed rows skipped: {why} (auto -> fp32; --force-bf16 to time emulated bf16).")
     lines += ["", "| model | precision | files | audio min | chunks | index s | files/s | chunks/s | 1,000 x 3 min stems "

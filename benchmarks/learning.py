@@ -83,8 +83,8 @@ def render_corpus(out: Path, train_songs: int, test_songs: int, seconds: float) 
 
 
 def summary(results: list[dict]) -> str:
-    cols = ["R@1", "R@5", "R@10", "norm_rank_median", "l2 R@1", "l2 R@10", "train_seconds", "train top1", "train rankme", "pool_median_cosine",
-            "pool_rankme"]
+    cols = ["R@1", "R@5", "R@10", "norm_rank_median", "l2 R@1", "l2 R@10", "train_seconds", "train top1", "train rankme",
+            "pool_median_cosine", "pool_rankme"]
     head = "| arm | seeds | " + " | ".join(cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 2)]
     for arm, name in ARMS.items():

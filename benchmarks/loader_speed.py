@@ -30,9 +30,9 @@ from stemjepa.data.sampling import ChunkPairDataset
 
 
 def write_synthetic_cache(out: Path, songs: int, stems: int, seconds: float, seed: int = 0) -> None:
-    from stemjepa.data.training_cache import finalize_cache, write_cache_song
     from stemjepa.audio import SAMPLE_RATE as sr
     from stemjepa.data.multitrack import LoadedSong, Song, Stem
+    from stemjepa.data.training_cache import finalize_cache, write_cache_song
 
     rng = np.random.default_rng(seed)
     n = int(seconds * sr)

@@ -26,8 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from stemjepa.search.vectors import (VectorSearcher, bf16_bits, build_ann, default_params,  # noqa: E402
-                                     import_faiss, normalize)
+from stemjepa.search.vectors import VectorSearcher, bf16_bits, build_ann, default_params, import_faiss, normalize  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from stemjepa.evaluation.metrics import METRIC_COLUMNS, METRIC_KEYS as METRICS  # noqa: E402
+from stemjepa.evaluation.metrics import METRIC_COLUMNS  # noqa: E402
+from stemjepa.evaluation.metrics import METRIC_KEYS as METRICS
 from stemjepa.fsutil import atomic_write_text  # noqa: E402
 
 # (key, row name in Table I, paper config, tiny config, initialised from row)
@@ -122,7 +123,8 @@ def side_by_side(results: dict, pools: dict) -> str:
         if bench not in pools:
             continue
         lines = [f"### {title}: this run (paper)", "",
-                 "| model | " + " | ".join(f"norm. {h}" if "rank" in h else h for _, h in METRIC_COLUMNS) + " | pool median cosine |",
+                 "| model | " + " | ".join(f"norm. {h}" if "rank" in h else h for _, h in METRIC_COLUMNS)
+                 + " | pool median cosine |",
                  "|---|" + "---|" * (len(METRIC_COLUMNS) + 1)]
         first = None
         for key, name, *_ in ROWS:

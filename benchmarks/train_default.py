@@ -202,7 +202,8 @@ def train_stage(run: Path, config: str, steps: int, overrides: list[str], data: 
     t0, load0 = time.time(), os.getloadavg()[0]
     last = fit(cfg, FitOptions(data=str(data), out=str(run), init=str(init) if init else None, device=device,
                                progress=False, overwrite=True))
-    stage = {"spec": spec, "seconds": round(time.time() - t0, 1), "last_logged": {k: round(v, 4) for k, v in last_logged(run).items()},
+    stage = {"spec": spec, "seconds": round(time.time() - t0, 1),
+             "last_logged": {k: round(v, 4) for k, v in last_logged(run).items()},
              "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
              "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr, "config_resolved": to_dict(cfg)}
     write_json(run / "stage.json", stage)
@@ -230,7 +231,8 @@ def evaluate(ckpt: Path, test: Path, out: Path, device: str) -> dict:
         result[distance] = {k: round(float(m[k]), 2) for k in METRICS}
         result["chance"] = {k: round(float(m["chance"][k]), 2) for k in METRICS if k in m["chance"]}
         result.update(n_queries=m["n_queries"], n_pool=m["n_pool"], n_songs=m["n_songs"],
-                      pool_diagnostics={k: m["pool_diagnostics"].get(k) for k in ("median_cosine", "spread", "rankme", "collapsed")},
+                      pool_diagnostics={k: m["pool_diagnostics"].get(k)
+                                        for k in ("median_cosine", "spread", "rankme", "collapsed")},
                       training_overlap=m["training_overlap"].get("n_songs"))
     write_json(out / "result.json", result)
     return result
@@ -424,7 +426,8 @@ def main(argv=None) -> int:
         ap.error("--name and --alias: lower-case letters, digits, '.', '_' and '-' only")
     if args.train_songs < 2 or args.test_songs < 1:
         ap.error("--train-songs must be at least 2 and --test-songs at least 1")
-    command = "python benchmarks/train_default.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/train_default.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
     from stemjepa.config import load_config
     from stemjepa.models.encoder import encoder_dims

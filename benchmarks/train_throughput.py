@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 # ----------------------------------------------------------------------------------------------------------------- data
 def build_cache(root: Path, n_songs: int, seconds: float, n_stems: int, seed: int = 0) -> Path:
     """A training cache of synthetic multitrack songs (harmonic tones and noise bursts at song-specific tempi)."""
-    from stemjepa.data.training_cache import finalize_cache, write_cache_song
     from stemjepa.audio import SAMPLE_RATE as sr
     from stemjepa.data.multitrack import LoadedSong, Song, Stem
+    from stemjepa.data.training_cache import finalize_cache, write_cache_song
 
     t = np.arange(int(seconds * sr), dtype=np.float32) / sr
     for i in range(n_songs):
@@ -44,8 +44,9 @@ def build_cache(root: Path, n_songs: int, seconds: float, n_stems: int, seed: in
             f = 55.0 * 2 ** rng.uniform(0, 4)
             wave = (0.2 * np.sin(2 * np.pi * f * t) * env if s % 2 else 0.1 * rng.standard_normal(len(t)) * env ** 4)
             stems.append(wave.astype(np.float32))
-        song = Song(id=f"bench_{i:04d}", stems=[Stem(name=f"s{s}", path=root / "none.wav", labels=[["bass", "drums", "vocals", "other"][s % 4]])
-                                               for s in range(n_stems)])
+        song = Song(id=f"bench_{i:04d}",
+                    stems=[Stem(name=f"s{s}", path=root / "none.wav", labels=[["bass", "drums", "vocals", "other"][s % 4]])
+                           for s in range(n_stems)])
         write_cache_song(root, LoadedSong(song, song.stems, np.stack(stems), sr))
     finalize_cache(root, "bench")
     return root
@@ -217,7 +218,8 @@ def main():
         size = ["model.encoder.size=tiny", f"model.encoder.embed_dim={d}", f"model.encoder.depth={depth}",
                 f"model.encoder.num_heads={heads}", "model.predictor.hidden_dim=256", "model.predictor.num_layers=4"]
     else:
-        d, depth, heads, batch, steps, warmup, workers, songs = 768, 12, 12, args.batch_size, args.steps, args.warmup, args.workers, args.songs
+        d, depth, heads = 768, 12, 12
+        batch, steps, warmup, workers, songs = args.batch_size, args.steps, args.warmup, args.workers, args.songs
         size = []
     overrides = size + [f"data.batch_size={batch}", f"data.num_workers={workers}", "data.prefetch_factor=2", "log_every=1000"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -227,7 +229,8 @@ def main():
     cache = build_cache(work / "cache", songs, 30.0, 6)
     print(f"cache of {songs} synthetic songs built in {time.time() - t:.1f} s", flush=True)
     m, L_ = (1024, 6) if not args.quick else (256, 4)
-    flops = {1: 2 * 3 * encoder_gflop(d, depth), 2: 3 * encoder_gflop(d, depth) + encoder_gflop(d, depth) + 3 * predictor_gflop(d, m, L_)}
+    flops = {1: 2 * 3 * encoder_gflop(d, depth),
+             2: 3 * encoder_gflop(d, depth) + encoder_gflop(d, depth) + 3 * predictor_gflop(d, m, L_)}
     rows, ckpt = [], None
     for phase in [int(p) for p in args.phases.split(",")]:
         t = time.time()
@@ -253,7 +256,8 @@ def main():
               f"{r['project_tflops']:.1f} | {r['reference_tflops']:.1f} |")
     for k, v in inf.items():
         print(f"encoder inference ({k}, batch {batch}, log-mel included): {v:.0f} chunks/s")
-    result = {"device": name, "torch": torch.__version__, "batch": batch, "compile": compile_, "rows": rows, "inference_chunks_s": inf}
+    result = {"device": name, "torch": torch.__version__, "batch": batch, "compile": compile_, "rows": rows,
+              "inference_chunks_s": inf}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

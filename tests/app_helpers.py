@@ -9,8 +9,8 @@ import numpy as np
 import soundfile as sf
 
 from stemjepa.audio.io import resample
-from stemjepa.search import build_index
 from stemjepa.models.registry import load_model
+from stemjepa.search import build_index
 
 MIX_SR = 22050  # uploads keep their own rate and channels: the downloads must follow them
 

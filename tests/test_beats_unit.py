@@ -13,7 +13,13 @@ from stemjepa.evaluation.beats.decode import PeakDecoder, import_madmom, make_de
 from stemjepa.evaluation.beats.features import chunk_waveform, grid_to_vectors, n_patches, track_features
 from stemjepa.evaluation.beats.metrics import beat_scores
 from stemjepa.evaluation.beats.probe import (
-    ProbeConfig, activation, beat_targets, fit_probe, frame_times, frames_per_second, patch_targets,
+    ProbeConfig,
+    activation,
+    beat_targets,
+    fit_probe,
+    frame_times,
+    frames_per_second,
+    patch_targets,
 )
 
 

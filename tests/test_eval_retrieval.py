@@ -352,7 +352,8 @@ def test_cli_musdb18hq_layout_defaults_to_table1_pool_and_music_label(tmp_path, 
     ckpt = tmp_path / "m.ckpt"
     ckpt.write_bytes(b"x")
     out = tmp_path / "eval"
-    assert main(["eval", "retrieval", "--checkpoint", str(ckpt), "--dataset", "musdb18hq", "--root", str(root), "--out", str(out)]) == 0
+    assert main(["eval", "retrieval", "--checkpoint", str(ckpt), "--dataset", "musdb18hq", "--root", str(root),
+                 "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     # Table I's pool: every track of train and test (the mixture is not a stem)
     assert m["split"] == "all" and m["n_songs"] == 3 and m["n_pool"] == 12

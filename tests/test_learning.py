@@ -153,7 +153,8 @@ def test_context_negative_is_a_stem_of_the_samples_own_mix():
 def test_last_logged_takes_each_diagnostics_latest_value_over_log_versions(tmp_path):
     from stemjepa.training.rundir import last_logged
 
-    for version, rows in ((0, "step,train/loss,train/top1\n0,3.0,0.1\n10,2.5,\n"), (1, "step,train/loss,train/rankme\n20,2.0,7.5\n")):
+    for version, rows in ((0, "step,train/loss,train/top1\n0,3.0,0.1\n10,2.5,\n"),
+                          (1, "step,train/loss,train/rankme\n20,2.0,7.5\n")):
         folder = tmp_path / "logs" / f"version_{version}"
         folder.mkdir(parents=True)
         (folder / "metrics.csv").write_text(rows)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from toy import song_stems
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +72,7 @@ def test_export_loads_with_identical_embeddings_and_id(exported, tiny_checkpoint
     b = load_model(str(exported), device="cpu")
     assert a.model_id == b.model_id
     assert b.training_songs == a.training_songs and b.training_songs
-    for i, w in enumerate([wave(5.0, 0), wave(1.3, 1)]):
+    for _, w in enumerate([wave(5.0, 0), wave(1.3, 1)]):
         np.testing.assert_array_equal(a.embed(w).vector, b.embed(w).vector)
         np.testing.assert_array_equal(a.embed_many([w], target=False)[0].chunks, b.embed_many([w], target=False)[0].chunks)
         np.testing.assert_array_equal(a.query(w, "bass").vector, b.query(w, "bass").vector)
@@ -100,9 +99,9 @@ def test_phase1_export_has_one_encoder_and_the_same_embeddings(tiny_phase1_check
 
 
 def test_export_refuses_to_overwrite_without_force(exported, tiny_checkpoint, capsys):
-    from stemjepa.cli.main import main
-
     from safetensors import safe_open
+
+    from stemjepa.cli.main import main
 
     def content(path):
         with safe_open(str(path), framework="pt") as fh:

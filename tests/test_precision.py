@@ -25,7 +25,7 @@ def waves(n, seed=0, max_seconds=9.0):
     rng = np.random.default_rng(seed)
     t = np.arange(int(16000 * max_seconds)) / 16000
     out = []
-    for i in range(n):
+    for _ in range(n):
         length = int(rng.integers(800, len(t)))
         f = 55.0 * 2 ** (rng.integers(0, 48) / 12)
         out.append((0.3 * np.sin(2 * np.pi * f * t[:length]) + 0.05 * rng.standard_normal(length)).astype(np.float32))

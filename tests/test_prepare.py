@@ -8,8 +8,8 @@ import pytest
 from test_datasets import MOISES_A, MOISES_B, make_moisesdb, make_musdb18, make_slakh
 
 from stemjepa.cli.main import main
-from stemjepa.data.training_cache import TrainingCache, song_key
 from stemjepa.data.prepare import format_summary, prepare
+from stemjepa.data.training_cache import TrainingCache, song_key
 from stemjepa.errors import DataError
 
 

@@ -6,8 +6,8 @@ import soundfile as sf
 import torch
 
 from stemjepa.config import DataConfig
-from stemjepa.data.training_cache import TrainingCache, frame_rms_db
 from stemjepa.data.sampling import ChunkPairDataset, OffsetSampler, collate_pairs, mix_context, pick_label
+from stemjepa.data.training_cache import TrainingCache, frame_rms_db
 from stemjepa.errors import DataError
 from stemjepa.training.fit import prepare_folder_cache
 
@@ -80,8 +80,8 @@ def test_offset_sampler_splits_global_batches_over_ranks():
 
 
 def test_collate_packs_variable_contexts_and_mixes_per_sample():
-    items = [{"context": torch.ones(k, 4, dtype=torch.float16) * (i + 1), "gains": torch.full((k,), 0.5), "target": torch.zeros(4),
-              "label": "x", "index": i} for i, k in enumerate([1, 3])]
+    items = [{"context": torch.ones(k, 4, dtype=torch.float16) * (i + 1), "gains": torch.full((k,), 0.5),
+              "target": torch.zeros(4), "label": "x", "index": i} for i, k in enumerate([1, 3])]
     batch = collate_pairs(items)
     assert batch["context"].shape == (4, 4) and batch["owner"].tolist() == [0, 1, 1, 1]
     mix = mix_context(batch["context"], batch["owner"], batch["gains"], 2)

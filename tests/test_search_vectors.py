@@ -4,8 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stemjepa.search.vectors import (AUTO_APPROX_THRESHOLD, VectorSearcher, bf16_bits, build_ann, default_params,
-                                     normalize, resolve_index_type)
+from stemjepa.search.vectors import (
+    AUTO_APPROX_THRESHOLD,
+    VectorSearcher,
+    bf16_bits,
+    build_ann,
+    default_params,
+    normalize,
+    resolve_index_type,
+)
 
 
 def clustered(n: int, d: int = 64, clusters: int = 20, seed: int = 0) -> np.ndarray:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import TINY_OVERRIDES, train_tiny
+
 from stemjepa.config import load_config
 from stemjepa.errors import DataError, StemJepaError
 from stemjepa.models import load_model

@@ -349,7 +349,8 @@ def _read_yaml(name_or_path: str, seen: tuple = ()) -> dict:
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"config {name_or_path!r} not found (a path to a YAML file, or one of: {', '.join(available_configs())})")
+        raise ConfigError(f"config {name_or_path!r} not found "
+                          f"(a path to a YAML file, or one of: {', '.join(available_configs())})")
     if str(path) in seen:
         raise ConfigError(f"{path}: circular 'base:' chain")
     try:

@@ -182,7 +182,8 @@ def test_crafted_checkpoints_are_refused_with_a_message(tiny_checkpoint, tmp_pat
 def test_missing_init_is_reported_before_the_data_is_decoded(tmp_path):
     data = small_corpus(tmp_path)
     with pytest.raises(CheckpointError, match="missing.ckpt: checkpoint not found"):
-        fit(load_config("tiny", TINY_OVERRIDES + ["max_steps=1"]), options(data, tmp_path / "run", init=str(tmp_path / "missing.ckpt")))
+        fit(load_config("tiny", TINY_OVERRIDES + ["max_steps=1"]),
+            options(data, tmp_path / "run", init=str(tmp_path / "missing.ckpt")))
     assert not (data / ".stemjepa_cache").exists()
 
 

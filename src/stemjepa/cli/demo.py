@@ -34,7 +34,7 @@ def run(args) -> int:
     from ..demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=Path(args.out), minutes=args.minutes, train_songs=args.train_songs, test_songs=args.test_songs,
-                     seconds=args.seconds, seed=args.seed, jobs=args.jobs, phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps,
-                     progress=not args.no_progress)
+                     seconds=args.seconds, seed=args.seed, jobs=args.jobs, phase1_steps=args.phase1_steps,
+                     phase2_steps=args.phase2_steps, progress=not args.no_progress)
     run_demo(cfg)
     return 0

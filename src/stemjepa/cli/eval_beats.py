@@ -107,7 +107,8 @@ def run(args) -> int:
     model, feature_id = load_encoder(args.model, args.device, args.random_init, args.seed)
     cfg = BeatEvalConfig(
         folds=args.folds,
-        probe=ProbeConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed),
+        probe=ProbeConfig(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                          seed=args.seed),
         decoder=args.decoder,
         limit=args.limit,
         chunk_batch=args.chunk_batch,

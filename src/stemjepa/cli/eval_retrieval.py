@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..fsutil import atomic_write_text
+
 DATASETS = ("musdb18", "musdb18hq", "moisesdb", "slakh2100", "folder")
 
 
@@ -18,7 +20,8 @@ def add_parser(subparsers) -> None:
     from .options import add_model_option
 
     add_model_option(p, what="model to evaluate")
-    p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout at --root (a synthetic corpus is a 'folder')")
+    p.add_argument("--dataset", required=True, choices=DATASETS,
+                   help="dataset layout at --root (a synthetic corpus is a 'folder')")
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--split", default=None, help="train, test or all (default: Table I's pool, every track, for musdb18, "
                    "musdb18hq and moisesdb; the test split, or all where there is none, for the others)")
@@ -28,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--distance", choices=("l2", "cosine"), default="l2",
                    help="ranking: Euclidean distance of the raw vectors (the paper's normalised rank) or cosine similarity")
     p.add_argument("--reference-encoder", choices=("target", "context"), default="target",
-                   help="encoder of the pool's reference stems: the EMA target encoder (what the predictor predicts) or the context one")
+                   help="encoder of the pool's reference stems: the EMA target encoder (what the predictor predicts) "
+                   "or the context one")
     p.add_argument("--strict", action="store_true",
                    help="refuse to evaluate songs the checkpoint was trained on (or a checkpoint that does not record them)")
     p.add_argument("--out", required=True, help="output folder (metrics.json, rankings.csv, analysis.csv, fig2.png, report.md)")
@@ -40,7 +44,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N songs (quick checks)")
     p.add_argument("--k64-draws", type=int, default=10, help="seeded draws of the 63 distractors for top1_k64")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--silence-db", type=float, default=-60.0, help="a stem is silent when no 100 ms frame reaches this RMS (dBFS)")
+    p.add_argument("--silence-db", type=float, default=-60.0,
+                   help="a stem is silent when no 100 ms frame reaches this RMS (dBFS)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when present)")
     p.set_defaults(func=run_retrieval)
 
@@ -116,5 +121,5 @@ def run_compare(args) -> int:
         if out.exists() and not args.force:
             raise StemJepaError(f"{out}: exists; pass --force to replace it")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table)
+        atomic_write_text(out, table)
     return 0

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
         "interrupted run can simply be started again. Unreadable songs and stems are skipped and listed at the end.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset layout of ROOT ('folder': generic multitrack folder or synthetic corpus)")
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES,
+                   help="dataset layout of ROOT ('folder': generic multitrack folder or synthetic corpus)")
     p.add_argument("--root", required=True, help="dataset folder, as distributed")
     p.add_argument("--out", required=True, help="cache folder to create or complete")
     p.add_argument("--split", default=None, choices=("train", "validation", "test", "all"),

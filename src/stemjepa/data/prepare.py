@@ -18,9 +18,9 @@ from pathlib import Path
 from ..audio import SAMPLE_RATE
 from ..errors import DataError, StemJepaError
 from ..fsutil import WriteError, clean_stale_temps
-from .training_cache import MANIFEST, drop_songs, finalize_cache, fresh_song_ids, remove_song, song_key, write_cache_song
 from .datasets import load_dataset
 from .multitrack import Song, load_song
+from .training_cache import MANIFEST, drop_songs, finalize_cache, fresh_song_ids, remove_song, song_key, write_cache_song
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ def format_summary(result: PrepareResult, max_lines: int = 20) -> str:
     lines = [
         f"prepared {result.n_prepared} songs into {result.cache_dir}"
         + (f" ({result.n_already} were already there)" if result.n_already else "")
-        + (f"; the cache holds {m.get('n_songs', 0)} songs, {m.get('n_stems', 0)} stems, {m.get('hours', 0.0):.2f} h" if m else "")
+        + (f"; the cache holds {m.get('n_songs', 0)} songs, {m.get('n_stems', 0)} stems, {m.get('hours', 0.0):.2f} h"
+           if m else "")
     ]
     if result.skipped:
         n_songs = sum(1 for s in result.skipped if s["stem"] is None)

@@ -16,8 +16,8 @@ from torch.utils.data import Dataset, Sampler
 
 from ..config import DataConfig
 from ..errors import DataError
-from .training_cache import TrainingCache
 from .multitrack import UNLABELLED
+from .training_cache import TrainingCache
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 64

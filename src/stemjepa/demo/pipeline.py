@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import SAMPLE_RATE
+from ..fsutil import atomic_write_text
 
 # the demo ranks by cosine, as the stem index does (the paper's L2 is `stemjepa eval retrieval`'s default)
 DISTANCE = "cosine"
@@ -69,7 +70,7 @@ def _train(cfg: DemoConfig, config: str, run: Path, steps: int, seconds: float, 
     opts = FitOptions(data=str(data), out=str(run), init=str(init) if init else None, resume=resume, overwrite=not resume,
                       device="auto", progress=cfg.progress, max_time=max(30.0, seconds))
     last = fit(load_config(config, overrides), opts)
-    done.write_text(json.dumps({"steps": read_checkpoint(last)["global_step"]}))
+    atomic_write_text(done, json.dumps({"steps": read_checkpoint(last)["global_step"]}))
     return last
 
 
@@ -111,7 +112,8 @@ def _example_queries(cfg: DemoConfig, index, songs, qdir: Path) -> list[dict]:
                  "same_song": Path(r.path).resolve().parent == Path(target.path).resolve().parent} for r in results]
         examples.append({"song": song.id, "mix": str(mix_path), "instrument": text, "truth": str(target.path),
                          "zero_shot": any(h in " ".join(target.labels) for h in cfg.held_out), "results": rows})
-        print(f"\n   Which {text!r} fits {mix_path.name}?" + ("  (zero-shot: never heard in training)" if examples[-1]["zero_shot"] else ""))
+        print(f"\n   Which {text!r} fits {mix_path.name}?"
+              + ("  (zero-shot: never heard in training)" if examples[-1]["zero_shot"] else ""))
         for r in rows:
             mark = "RIGHT STEM" if r["right_stem"] else ("same song" if r["same_song"] else "")
             print(f"    {r['rank']}. {r['score']:+5.1f} sd  {Path(r['path']).parent.name}/{Path(r['path']).name:<28} {mark}")
@@ -179,6 +181,6 @@ def run_demo(cfg: DemoConfig) -> dict:
                   "held_out": list(cfg.held_out), "checkpoints": {"phase1": str(p1), "phase2": str(p2)}}
         write_reports(out, cfg, table, metrics, examples)
     result["timings_s"]["total"] = round(time.time() - started, 1)
-    (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(result, indent=1, default=str))
     print_summary(metrics, out, result["timings_s"]["total"])
     return result

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..evaluation.metrics import METRIC_COLUMNS, METRIC_KEYS
 from ..evaluation.report import protocol_note
+from ..fsutil import atomic_write_text
 
 if TYPE_CHECKING:
     from .pipeline import DemoConfig
@@ -88,8 +89,8 @@ def _rel(path, root: Path) -> str:
 def write_reports(out: Path, cfg: DemoConfig, table: str, metrics: dict, examples: list) -> None:
     fig2 = out / "eval" / "full_model-fine" / "fig2.png"
     shutil.copyfile(fig2, out / "fig2_full_model_fine.png")
-    (out / "report.md").write_text(markdown(cfg, table, examples))
-    (out / "report.html").write_text(html_page(out, cfg, metrics, examples))
+    atomic_write_text(out / "report.md", markdown(cfg, table, examples))
+    atomic_write_text(out / "report.html", html_page(out, cfg, metrics, examples))
 
 
 def markdown(cfg: DemoConfig, table: str, examples: list) -> str:

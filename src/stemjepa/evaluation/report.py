@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
+from ..fsutil import atomic_write_text
 from .metrics import METRIC_COLUMNS
 
 EXTRA_COLUMNS = {"top1_k64": "top-1 K=64", "n_queries": "queries", "n_pool": "pool", "seconds": "time (s)"}
@@ -50,7 +51,8 @@ def table_header(extra=()) -> str:
 
 
 def table_row(m: dict, extra=()) -> str:
-    cells = [m.get("name") or m.get("model_id", "?")] + [fmt(m.get(k)) for k, _ in METRIC_COLUMNS] + [fmt(m.get(k)) for k in extra]
+    cells = ([m.get("name") or m.get("model_id", "?")] + [fmt(m.get(k)) for k, _ in METRIC_COLUMNS]
+             + [fmt(m.get(k)) for k in extra])
     return "| " + " | ".join(cells) + " |"
 
 
@@ -119,7 +121,7 @@ def write_report(m: dict, path) -> None:
         f"- time: {m.get('seconds')} s",
         "",
     ]
-    Path(path).write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 def read_run(run_dir) -> dict:
@@ -182,10 +184,12 @@ def compare_table(run_dirs, extra=()) -> str:
     for b in benches:
         m = first[b]
         notes.append(f"- {b}: pool of {m.get('n_pool')} stems from {m.get('n_songs')} songs, "
-                     f"distance {m.get('distance', 'cosine (not recorded)')}, reference encoder {m.get('reference_encoder', '-')}")
+                     f"distance {m.get('distance', 'cosine (not recorded)')}, "
+                     f"reference encoder {m.get('reference_encoder', '-')}")
     for (n, b), m in cells.items():
         note = collapse_note(m)
         overlap = (m.get("training_overlap") or {}).get("n_songs")
         if note or overlap:
-            notes.append(f"- {n} on {b}: {note}" + (f"; WARNING: {overlap} evaluated songs were training songs" if overlap else ""))
+            notes.append(f"- {n} on {b}: {note}"
+                         + (f"; WARNING: {overlap} evaluated songs were training songs" if overlap else ""))
     return title + "\n".join(lines + notes) + "\n"

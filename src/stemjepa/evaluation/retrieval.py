@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.training_cache import frame_rms_db
 from ..audio import SAMPLE_RATE
 from ..data.multitrack import UNLABELLED, Song, Stem, load_song
+from ..data.training_cache import frame_rms_db
 from ..errors import DataError, StemJepaError
 from ..fsutil import atomic_write_text
 from . import analysis, metrics
-from .report import upgrade_record
 from .embedding_cache import EmbeddingCache, SongEntry, song_fingerprint
+from .report import upgrade_record
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def class_conditioning_text(stem: Stem, label_level: str, label_map: dict[str, s
     return " > ".join((label_map or {}).get(l, l) for l in labels)
 
 
-def is_silent(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: float = SILENCE_DB, frame_seconds: float = 0.1) -> bool:
+def is_silent(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: float = SILENCE_DB,
+              frame_seconds: float = 0.1) -> bool:
     """True when no 100 ms frame of `wave` reaches `threshold_db` dBFS RMS (judged over frames, not one peak sample)."""
     wave = np.asarray(wave, dtype=np.float32)
     if wave.size == 0:
@@ -294,7 +295,9 @@ def score_corpus(corpus: Corpus, k64_draws: int = 10, seed: int = 0, block: int 
 
 
 def load_songs(dataset: str, root, split: str | None = None) -> tuple[list[Song], str, list[tuple[str, str]]]:
-    """Songs of `dataset` at `root` restricted to `split` (None: the dataset's evaluation split). Returns (songs, split, problems)."""
+    """Songs of `dataset` at `root` restricted to `split` (None: the dataset's evaluation split).
+
+    Returns (songs, split, problems)."""
     problems: list[tuple[str, str]] = []
     try:
         from ..data.datasets import load_dataset
@@ -410,7 +413,8 @@ def evaluate_retrieval(
         if cache_dir is None:
             cache_dir = out / "cache"
     # the references depend on the encoder that made them (the queries do not, but are cheap next to them)
-    cache = EmbeddingCache(cache_dir or None, model_id, dataset, split if reference_encoder == "target" else f"{split}-context-ref")
+    cache = EmbeddingCache(cache_dir or None, model_id, dataset,
+                           split if reference_encoder == "target" else f"{split}-context-ref")
     corpus = encode_corpus(model, songs, label_level, label_map, cache, silence_db, progress, reference_encoder)
     result, rows, tally = score_corpus(corpus, k64_draws, seed, distance=distance)
     pool_stats = pool_diagnostics(corpus.pool)
@@ -515,6 +519,7 @@ def evaluate_checkpoints(
     dirs = []
     for name, ckpt in checkpoints.items():
         run_dir = out_root / name
-        evaluate_retrieval(ckpt, songs, label_level, run_dir, dataset=dataset, split=split, name=name, overwrite=overwrite, **kwargs)
+        evaluate_retrieval(ckpt, songs, label_level, run_dir, dataset=dataset, split=split, name=name, overwrite=overwrite,
+                           **kwargs)
         dirs.append(run_dir)
     return compare_table(dirs, extra=extra)

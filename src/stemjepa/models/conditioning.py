@@ -33,7 +33,8 @@ class ClassConditioner(nn.Module):
         if not cfg.classes:
             raise ValueError("classes conditioning needs a non-empty class list")
         self.classes = [normalize_label(c) for c in cfg.classes]
-        self.fallback = self.classes.index(normalize_label(cfg.class_fallback)) if normalize_label(cfg.class_fallback) in self.classes else len(self.classes) - 1
+        fallback = normalize_label(cfg.class_fallback)
+        self.fallback = self.classes.index(fallback) if fallback in self.classes else len(self.classes) - 1
         self.dim = cfg.class_dim
         self.embedding = nn.Embedding(len(self.classes), cfg.class_dim)
         nn.init.normal_(self.embedding.weight, std=0.02)

@@ -76,7 +76,8 @@ class Block(nn.Module):
 
 
 class ViTEncoder(nn.Module):
-    """Log-mel (B, n_mels, frames) -> patch grid (B, F, T, d) with F = n_mels // p, T = frames // p (the last frame is dropped)."""
+    """Log-mel (B, n_mels, frames) -> patch grid (B, F, T, d) with F = n_mels // p, T = frames // p
+    (the last frame is dropped)."""
 
     def __init__(self, n_mels: int, n_frames: int, embed_dim: int, depth: int, num_heads: int, patch_size: int = 16,
                  mlp_ratio: float = 4.0):

@@ -10,8 +10,9 @@ from the file can run.
 The target encoder is kept (phase-2 models): references (the stems of a library) are embedded with the EMA target
 encoder, whose space the predictor predicts into, while mixes go through the context encoder; dropping either would
 change the embeddings. A phase-1 model has one encoder and no predictor. Keeping the whole state dict also keeps the model
-id (`models.digest.weights_digest` of the state dict, `StemJEPA.model_id`) the same as the checkpoint's, so an index built with the checkpoint
-accepts the export and vice versa; the loader checks that the rebuilt model has the id recorded in the file.
+id (`models.digest.weights_digest` of the state dict, `StemJEPA.model_id`) the same as the checkpoint's, so an index built
+with the checkpoint accepts the export and vice versa; the loader checks that the rebuilt model has the id recorded in the
+file.
 """
 from __future__ import annotations
 
@@ -70,8 +71,8 @@ def export_model(model, out, force: bool = False, source: str | None = None, ext
     """
     from safetensors.torch import save
 
-    from ..fsutil import atomic_write
     from .. import __version__
+    from ..fsutil import atomic_write
 
     out = Path(out)
     if out.suffix != SUFFIX:

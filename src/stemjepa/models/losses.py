@@ -29,7 +29,8 @@ def info_nce(s: torch.Tensor, s_bar: torch.Tensor, temperature: torch.Tensor | f
     return loss
 
 
-def jepa_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean", standardize_targets: bool = False) -> torch.Tensor:
+def jepa_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
+              standardize_targets: bool = False) -> torch.Tensor:
     """Eq. 3: sum_k || pred_k/|pred_k| - target_k/|target_k| ||^2, per sample, averaged over the batch.
 
     reduction="sum" is Eq. 3 as written; "mean" divides by the number of tokens K (Stem-JEPA's code), which keeps the loss scale

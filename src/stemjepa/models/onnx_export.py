@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fsutil import atomic_write_text
+
 OPSET = 17
 FORMAT = "stemjepa-onnx/1"
 
@@ -198,7 +200,7 @@ def export_onnx(model, out_path) -> list[Path]:
         "track_vector": "sum_i valid_patches_i * embedding_i / sum_i valid_patches_i over the track's chunks",
     }
     meta_path = Path(f"{prefix}.onnx.json")
-    meta_path.write_text(json.dumps(meta, indent=1))
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
     files.append(meta_path)
     return files
 

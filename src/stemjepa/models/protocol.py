@@ -6,7 +6,8 @@ instrument label (`query_many`, the query side); both return one TrackEmbedding 
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

@@ -1,4 +1,5 @@
-"""The whole model: log-mel front-end, encoder f_theta, and for phase 2 the EMA target encoder, conditioner and predictor g_phi."""
+"""The whole model: log-mel front-end, encoder f_theta, and for phase 2 the EMA target encoder, conditioner and
+predictor g_phi."""
 from __future__ import annotations
 
 import copy

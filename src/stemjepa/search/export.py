@@ -14,6 +14,7 @@ import numpy as np
 
 from ..audio.io import load_audio, resample, save_audio
 from ..errors import AudioError, StemJepaError
+from ..fsutil import atomic_write_text
 
 SUBTYPE = "PCM_24"  # what DAWs read everywhere; more headroom than 16 bits for stems mixed later
 
@@ -114,5 +115,5 @@ def export_candidates(mix_path, instrument: str, results: list, out_dir, overwri
     doc = {"mix": str(mix_path), "instrument": instrument, "sample_rate": sr, "frames": frames,
            "seconds": frames / sr, "alignment": "candidate from its offset at mix time 0, looped or trimmed to the mix",
            "results": entries}
-    (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
+    atomic_write_text(out_dir / "results.json", json.dumps(doc, indent=1))
     return out_dir

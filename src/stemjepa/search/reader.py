@@ -6,9 +6,10 @@ A reader never writes: it opens the SQLite file read-only and memory-maps the sn
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class StemIndex:
 
     @classmethod
     def open(cls, path, checkpoint=None, model: EmbeddingModel | None = None, device=None,
-             precision: str | None = None) -> "StemIndex":
+             precision: str | None = None) -> StemIndex:
         """Open the index folder `path`. Queries embed with `model`, else `checkpoint`, else the index's checkpoint;
         a checkpoint whose model id differs from the one that built the index is refused. `precision`
         (auto|fp32|bf16|fp16), when given, is the inference precision of the queries (else the model's own)."""

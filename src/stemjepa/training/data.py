@@ -6,9 +6,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
+from ..data.sampling import ChunkPairDataset, OffsetSampler, collate_pairs
 from ..data.training_cache import TrainingCache
 from ..errors import StemJepaError
-from ..data.sampling import ChunkPairDataset, OffsetSampler, collate_pairs
 
 
 class ChunkPairDataModule(L.LightningDataModule):

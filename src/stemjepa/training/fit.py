@@ -12,14 +12,13 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig, to_dict
-from ..data.training_cache import TrainingCache, is_cache
 from ..data.prepare import format_summary, prepare
 from ..data.provenance import training_songs
+from ..data.training_cache import TrainingCache, is_cache
 from ..errors import CheckpointError, DataError, StemJepaError
 from ..fsutil import WriteError, atomic_write_text, clean_stale_temps
 from ..models.checkpoint import check_finite_weights, checkpoint_config, model_state, read_checkpoint
 from ..models.checkpoint import training_songs as recorded_songs
-
 from .rundir import check_data_path, check_device, check_run_dir, clear_run, has_checkpoints
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,8 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         ckpt_path = str(last)
     elif has_checkpoints(run_dir):
         if not opts.overwrite:
-            raise StemJepaError(f"{run_dir} already holds a training run; use --resume to continue it or --overwrite to replace it")
+            raise StemJepaError(f"{run_dir} already holds a training run; "
+                                "use --resume to continue it or --overwrite to replace it")
         replace_run = True  # done once the new inputs are known good, below
     init = None
     if opts.init and not opts.resume:
@@ -151,7 +151,10 @@ def fit(cfg: TrainConfig, opts: FitOptions):
 
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu"}[opts.device]
     on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true")
+    if cfg.precision != "auto":
+        precision = cfg.precision
+    else:
+        precision = "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
     if precision == "32":
         precision = "32-true"
     strategy = opts.strategy or ("ddp" if opts.devices > 1 or opts.num_nodes > 1 else "auto")
@@ -161,9 +164,8 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=1))
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
                                     every_n_train_steps=max(1, cfg.checkpoint_every), save_top_k=-1, save_last=True)
-    from .songs_record import TrainingSongsRecord
-
     from .callbacks import LearningMonitor
+    from .songs_record import TrainingSongsRecord
 
     monitor = LearningMonitor(cfg.data.batch_size)
     callbacks = [checkpointing, monitor, TrainingSongsRecord(training_songs(cache.songs, inherited)), *opts.callbacks]

@@ -54,7 +54,8 @@ def load_musdb18(root: Path, problems: list) -> list[Song]:
             continue
         song_id = path.name[: -len(".stem.mp4")]
         stems = [Stem(name=src, path=path, labels=[src], stream=i + 1) for i, src in enumerate(SOURCES)]
-        songs.append(Song(id=song_id, stems=stems, split=split, meta={"mixture": {"path": str(path), "stream": 0}}, root=path.parent))
+        songs.append(Song(id=song_id, stems=stems, split=split, meta={"mixture": {"path": str(path), "stream": 0}},
+                          root=path.parent))
     if not songs:
         raise DataError(f"{root}: none of the {len(files)} .stem.mp4 files could be opened ({problems[-1][1]})")
     return songs
@@ -65,20 +66,25 @@ def load_musdb18hq(root: Path, problems: list) -> list[Song]:
     dirs = _split_dirs(root)
     if not dirs:
         hint = " (this looks like MUSDB18: use the dataset name musdb18)" if any(root.glob("*.stem.mp4")) else ""
-        raise DataError(f"{root}: no MUSDB18-HQ split folders; expected {root}/train/<track>/vocals.wav and {root}/test/...{hint}")
+        raise DataError(f"{root}: no MUSDB18-HQ split folders; "
+                        f"expected {root}/train/<track>/vocals.wav and {root}/test/...{hint}")
     songs = []
     for split, d in dirs:
         for folder in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            stems = [Stem(name=src, path=folder / f"{src}.wav", labels=[src]) for src in SOURCES if (folder / f"{src}.wav").is_file()]
+            stems = [Stem(name=src, path=folder / f"{src}.wav", labels=[src])
+                     for src in SOURCES if (folder / f"{src}.wav").is_file()]
             if not stems:
                 problems.append((str(folder), f"no source wav ({', '.join(s + '.wav' for s in SOURCES)}); song skipped"))
                 continue
             for src in SOURCES:
                 if not (folder / f"{src}.wav").is_file():
                     problems.append((str(folder / f"{src}.wav"), "missing; stem left out"))
-            meta = {"mixture": {"path": str(folder / "mixture.wav"), "stream": None}} if (folder / "mixture.wav").is_file() else {}
+            has_mixture = (folder / "mixture.wav").is_file()
+            meta = {"mixture": {"path": str(folder / "mixture.wav"), "stream": None}} if has_mixture else {}
             songs.append(Song(id=folder.name, stems=stems, split=split, meta=meta, root=folder))
     if not songs:
-        hint = " (this looks like MUSDB18: use the dataset name musdb18)" if any(any(d.glob("*.stem.mp4")) for _, d in dirs) else ""
-        raise DataError(f"{root}: no MUSDB18-HQ track folders with {'/'.join(SOURCES)}.wav under {', '.join(s for s, _ in dirs)}{hint}")
+        looks_like_musdb18 = any(any(d.glob("*.stem.mp4")) for _, d in dirs)
+        hint = " (this looks like MUSDB18: use the dataset name musdb18)" if looks_like_musdb18 else ""
+        raise DataError(f"{root}: no MUSDB18-HQ track folders with {'/'.join(SOURCES)}.wav "
+                        f"under {', '.join(s for s, _ in dirs)}{hint}")
     return songs

@@ -73,5 +73,6 @@ def load_slakh2100(root: Path, problems: list) -> list[Song]:
         raise DataError(f"{root}: no Slakh2100 tracks; expected {root}/{{train,validation,test}}/TrackNNNNN/metadata.yaml")
     songs = [s for s in (_song(t, split, problems) for split, t in tracks) if s is not None]
     if not songs:
-        raise DataError(f"{root}: none of the {len(tracks)} Slakh2100 track folders could be read ({problems[-1][0]}: {problems[-1][1]})")
+        raise DataError(f"{root}: none of the {len(tracks)} Slakh2100 track folders could be read "
+                        f"({problems[-1][0]}: {problems[-1][1]})")
     return songs

@@ -21,6 +21,7 @@ import numpy as np
 
 from ...audio import SAMPLE_RATE
 from ...errors import ConfigError, DataError
+from ...fsutil import atomic_write_text
 from .palette import KIT_PARTS, check_names
 from .parts import Part, arrange
 from .render import render_instrument, resolve_soundfont
@@ -101,7 +102,8 @@ def _room(rng: np.random.Generator, sr: int) -> np.ndarray:
     return (ir / np.sqrt(np.sum(ir ** 2))).astype(np.float32)
 
 
-def mix_stems(stems: list[np.ndarray], parts: list[Part], rng: np.random.Generator, sr: int) -> tuple[list[np.ndarray], list[float]]:
+def mix_stems(stems: list[np.ndarray], parts: list[Part], rng: np.random.Generator,
+              sr: int) -> tuple[list[np.ndarray], list[float]]:
     """Room reverb, level balance per mixing group, then one scale so stems and mix peak below -1 dBFS."""
     ir = _room(rng, sr)
     n = len(stems[0])
@@ -307,7 +309,7 @@ def _check_out_dir(out: Path, marker: dict) -> None:
     if out.exists() and any(p.name != STAGING for p in out.iterdir()):
         raise DataError(f"{out}: folder exists and is not a synthetic corpus; choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(marker, indent=1))
+    atomic_write_text(path, json.dumps(marker, indent=1))
 
 
 def synthesize_corpus(out_dir, n_songs: int, seconds: float = 30.0, seed: int = 0, jobs: int = 1, exclude=(),

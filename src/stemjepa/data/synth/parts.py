@@ -341,7 +341,7 @@ def comp_notes(plan: SongPlan, rng: np.random.Generator, inst: Instrument, activ
         if not active[bar.index]:
             continue
         b0, e = bar.index * plan.meter, bar.energy
-        for i, (s, d) in enumerate(rhythm[style]):
+        for _, (s, d) in enumerate(rhythm[style]):
             beat = b0 + s / 4
             chord = plan.chord_at(beat)
             if style == "power":
@@ -491,9 +491,11 @@ def counter_notes(plan: SongPlan, rng: np.random.Generator, inst: Instrument, ac
 # ----------------------------------------------------------------------------------------------- arrangement
 _KIT_BY_STYLE = {
     "shuffle": ("jazz drum kit", "brush drum kit", "room drum kit"), "jazz_waltz": ("jazz drum kit", "brush drum kit"),
-    "bossa": ("brush drum kit", "jazz drum kit", "acoustic drum kit"), "ballad": ("brush drum kit", "acoustic drum kit", "room drum kit"),
+    "bossa": ("brush drum kit", "jazz drum kit", "acoustic drum kit"),
+    "ballad": ("brush drum kit", "acoustic drum kit", "room drum kit"),
     "four_floor": ("electronic drum kit", "808 drum machine", "acoustic drum kit"),
-    "hiphop": ("808 drum machine", "electronic drum kit", "room drum kit"), "breakbeat": ("electronic drum kit", "acoustic drum kit"),
+    "hiphop": ("808 drum machine", "electronic drum kit", "room drum kit"),
+    "breakbeat": ("electronic drum kit", "acoustic drum kit"),
     "halftime": ("808 drum machine", "rock drum kit", "electronic drum kit"),
 }
 
@@ -583,8 +585,8 @@ def arrange(plan: SongPlan, rng: np.random.Generator, exclude=(), require=()) ->
     parts: list[Part] = []
     for i, (role, inst, split, active) in enumerate(chosen):
         if role == "drums":
-            parts += _drum_parts(plan, rng, inst, split, active, forced if forced is not None and "kit_part" in forced.roles else None,
-                                 [x for x in KIT_PARTS if x in pool])
+            forced_kit = forced if forced is not None and "kit_part" in forced.roles else None
+            parts += _drum_parts(plan, rng, inst, split, active, forced_kit, [x for x in KIT_PARTS if x in pool])
             continue
         notes = _generate(role, plan, rng, inst, active)
         if notes:

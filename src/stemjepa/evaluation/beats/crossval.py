@@ -121,7 +121,8 @@ def run_crossval(
             test_fold[name].append({**mean_scores(s), "fold": f, "n_tracks": len(s)})
         for name in cv_sets:
             items = [it for it, k in zip(train, folds) if k == f and it.track.dataset == name and scorable(it)]
-            s, ex = _score_items(probe, items, decoder, fps, f, example is None, progress_factory, f"fold {f + 1} held-out {name}")
+            s, ex = _score_items(probe, items, decoder, fps, f, example is None, progress_factory,
+                                 f"fold {f + 1} held-out {name}")
             example = example or ex
             cv_fold[name].append({**mean_scores(s), "fold": f, "n_tracks": len(s)})
     results = {

