@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from stemjepa.fsutil import WriteError, atomic_write, atomic_write_text, clean_stale_temps, temp_name
+from stemjepa.fsutil import WriteError, atomic_write, atomic_write_csv, atomic_write_text, clean_stale_temps, temp_name
 
 
 def test_atomic_write_replaces_the_target_and_leaves_no_temp(tmp_path):
@@ -44,3 +44,10 @@ def test_clean_stale_temps_removes_only_dead_writers_temps(tmp_path):
         p.write_text("x")
     assert clean_stale_temps(tmp_path) == 1
     assert mine.exists() and not dead.exists() and (tmp_path / "keep.tmp").exists()
+
+
+def test_csv_tables_are_written_whole(tmp_path):
+    target = tmp_path / "t.csv"
+    atomic_write_csv(target, ["a", "b"], [{"a": 1, "b": "x,y"}, {"a": 2, "b": ""}])
+    assert target.read_bytes() == b'a,b\r\n1,"x,y"\r\n2,\r\n'  # the csv module's line ends, as before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]

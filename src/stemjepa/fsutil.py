@@ -6,7 +6,9 @@ stay full of our leftovers), and `clean_stale_temps` removes those of killed run
 """
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import os
 import re
 from collections.abc import Callable
@@ -89,6 +91,15 @@ def atomic_write(path, write: Callable, *, by_name: bool = False) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def atomic_write_csv(path, fieldnames: list[str], rows) -> None:
+    """A CSV table (header, then one dict per row) written atomically: a reader never sees half a table."""
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _alive(pid: int) -> bool:

@@ -5,9 +5,10 @@ A query's nearest neighbour falls in one of six classes, from best to worst. "In
 """
 from __future__ import annotations
 
-import csv
 from collections import OrderedDict
 from pathlib import Path
+
+from ..fsutil import atomic_write_csv
 
 # (key, legend text, colour): greens for the right track, oranges/greys for another track
 CLASSES: list[tuple[str, str, str]] = [
@@ -64,11 +65,8 @@ def overall_row(rows: list[dict]) -> dict:
 def write_analysis_csv(rows: list[dict], path) -> None:
     fields = ["label", "n"] + (["in_training"] if any("in_training" in r for r in rows) else []) + CLASS_KEYS \
         + [f"{k}_pct" for k in CLASS_KEYS]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows + [overall_row(rows)]:
-            writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_csv(path, fields, ({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()}
+                                    for row in rows + [overall_row(rows)]))
 
 
 # label colours of Fig. 2: the conditioning label was in the training set, was there written differently, or is new

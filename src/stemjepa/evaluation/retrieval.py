@@ -17,7 +17,6 @@ skipped and listed.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from ..audio import SAMPLE_RATE
 from ..data.multitrack import UNLABELLED, Song, Stem, load_song
 from ..data.training_cache import frame_rms_db
 from ..errors import DataError, StemJepaError
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_csv, atomic_write_text
 from . import analysis, metrics
 from .embedding_cache import EmbeddingCache, SongEntry, song_fingerprint
 from .report import upgrade_record
@@ -350,10 +349,7 @@ def check_out_dir(out_dir: Path, identity: dict, overwrite: bool) -> None:
 
 
 def _write_rankings(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_csv(path, list(rows[0]), rows)
 
 
 def evaluate_retrieval(
