@@ -487,7 +487,7 @@ def main(argv=None) -> int:
     model = load_model(str(p2_ckpt), device="cpu")
     mcfg = model.config
     d, depth, heads = encoder_dims(mcfg.encoder)
-    labels = list(getattr(getattr(model, "conditioner", None), "labels", []) or [])
+    labels = list(model.conditioner.labels) if model.conditioning_kind == "text" else []
     created = time.strftime("%Y-%m-%d %H:%M")
     res = ev2["cosine"]
     card = {

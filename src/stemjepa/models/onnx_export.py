@@ -139,7 +139,7 @@ def export_onnx(model, out_path) -> list[Path]:
     device = model.device
     model = model.eval()
     phase2 = bool(model.has_predictor)
-    centred = bool(getattr(model, "center_embeddings", False))
+    centred = bool(model.center_embeddings)
     files: list[Path] = []
     cs = model.chunk_samples
     example = 0.1 * torch.randn(2, cs, generator=torch.Generator().manual_seed(0))
@@ -194,7 +194,7 @@ def export_onnx(model, out_path) -> list[Path]:
                   "outputs": ["embedding", "tokens"], "encoder": "encoder", "predictor": phase2},
         "conditioning": None if not phase2 else {
             "kind": kind, "dim": int(model.conditioner.dim), "file": f"{prefix.name}.conditions.npy", "labels": labels,
-            "text_backend": getattr(model.conditioner, "backend", None),
+            "text_backend": model.conditioner.backend if kind == "text" else None,
             "note": "row i of the table is the condition vector of labels[i]; text labels are normalised (lower case, "
                     "single spaces, '_' -> ' '); a new text label: the text encoder's embedding, computed outside"},
         "track_vector": "sum_i valid_patches_i * embedding_i / sum_i valid_patches_i over the track's chunks",
