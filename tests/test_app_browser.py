@@ -69,7 +69,9 @@ def test_upload_query_play_together_and_download(server, tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(server["url"])
-            page.wait_for_function("document.getElementById('library').textContent.includes('16 stems')")
+            # wait for the page's own "start-up finished" mark, not for one of the things start-up fills
+            page.wait_for_selector("body[data-ready='true']", state="attached")
+            assert "16 stems" in page.text_content("#library")
             assert page.eval_on_selector_all("#labels option", "os => os.map(o => o.value)").count("bass") == 1
 
             # a bad upload gets a clear message in the page

@@ -24,7 +24,10 @@ function showProgress(stage, fraction) {
 
 // ---- start-up: library, labels, mixes folder ------------------------------------------------------------------
 async function init() {
-  const info = await api("/api/info");
+  // info and labels are fetched together and shown together: the library line appears only once the label
+  // suggestions are in place, so whoever waits for the line (a person or a test) sees the whole page.
+  const [info, { labels }] = await Promise.all([api("/api/info"), api("/api/labels")]);
+  for (const label of labels) $("labels").append(new Option(label));
   const first = info.indexes[0];
   $("library").textContent = info.indexes.map((i) => `${i.name}: ${i.files} stems`).join(" · ") +
     ` · uploads up to ${info.limits.max_upload_mb} MB and ${Math.round(info.limits.max_seconds / 60)} min`;
@@ -36,13 +39,12 @@ async function init() {
   if (first && !first.has_predictor) {
     $("library").textContent += " · this model has no instrument predictor: the instrument text is ignored";
   }
-  const { labels } = await api("/api/labels");
-  for (const label of labels) $("labels").append(new Option(label));
   if (info.mixes_folder) {
     const { mixes } = await api("/api/mixes");
     $("pick-field").hidden = false;
     for (const m of mixes) $("pick").append(new Option(m, m));
   }
+  document.body.dataset.ready = "true";  // start-up finished: library, labels and mixes are on the page
 }
 
 // ---- upload with progress -------------------------------------------------------------------------------------
