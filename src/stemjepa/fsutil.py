@@ -128,3 +128,66 @@ def clean_stale_temps(folder) -> int:
             except OSError:
                 pass
     return n
+
+
+MAX_JSON_BYTES = 16 * 1024 * 1024  # metadata files (stems.json, data.json, cards) are kilobytes; a larger one is refused
+MAX_JSON_DEPTH = 64  # metadata nests a few levels; deeper nesting is refused before Python's recursion limit is reached
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of brackets outside strings, counted without parsing (parsing a deep document is what overflows)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def read_json(path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH, error=None):
+    """Parse a JSON metadata file that may be hostile: only a regular file (a FIFO would block forever), at most `max_bytes`,
+    nested at most `max_depth` levels. Any problem raises `error` (default StemJepaError) naming the file."""
+    import json
+    import stat
+
+    error = error or StemJepaError
+    path = Path(path)
+    try:
+        # opened without blocking and checked on the open descriptor: a FIFO swapped in after a check cannot block us
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise error(f"{path}: not a regular file; only regular files are read as metadata")
+            if st.st_size > max_bytes:
+                raise error(f"{path}: {st.st_size / 1e6:.1f} MB is too large for a metadata file "
+                            f"(limit {max_bytes / 1e6:g} MB)")
+            raw = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > max_bytes:
+        raise error(f"{path}: too large for a metadata file (limit {max_bytes / 1e6:g} MB)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if _json_depth(text) > max_depth:
+        raise error(f"{path}: JSON nested deeper than {max_depth} levels; not a metadata file")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
