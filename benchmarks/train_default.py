@@ -130,16 +130,21 @@ def measured(out: Path, folders: list[str], songs: int) -> dict:
             "songs_timed": sum(t[f]["items"] for f in folders if f in t), "songs": songs}
 
 
-def render_part(out: Path, kind: str, index: int, sf2: Path, n_songs: int, seconds: float, seed: int, jobs: int) -> list[Path]:
+def render_part(out: Path, kind: str, index: int, sf2: Path, n_songs: int, seconds: float, seed: int, jobs: int,
+                **synth) -> list[Path]:
+    """Songs of one soundfont; `synth` passes further settings to synthesize_corpus (exclude, require, production), and
+    a folder rendered with other settings is never reused (their digest is part of its name)."""
     from stemjepa.data.synth import synthesize_corpus
 
-    folder = out / "data" / "parts" / f"{kind}-{slug(sf2.stem)}-seed{seed}-{seconds:g}s"
+    synth = {k: v for k, v in synth.items() if v not in (None, (), [], "none")}
+    extra = f"-{digest(synth)}" if synth else ""
+    folder = out / "data" / "parts" / f"{kind}-{slug(sf2.stem)}-seed{seed}-{seconds:g}s{extra}"
     if n_songs < 1:
         return []
     summary: dict = {}
     t0 = time.time()
     done = synthesize_corpus(folder, n_songs, seconds=seconds, seed=seed, jobs=jobs, soundfont=str(sf2), progress=True,
-                             summary=summary)
+                             summary=summary, **synth)
     if summary.get("written"):  # the time spent on this folder's renders, over every run of the script
         add_timing(out, folder.name, time.time() - t0, summary["written"])
     if summary.get("failed"):

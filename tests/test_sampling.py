@@ -101,3 +101,35 @@ def test_folder_cache_follows_changed_and_deleted_songs(tmp_path):
     cache = TrainingCache(cache_dir)
     assert [s["id"] for s in cache.songs] == ["a"]
     assert float(np.abs(cache.audio(0)[0]).max()) < 0.01  # the new file, not the cached copy of the old one
+
+
+def test_unaligned_target_comes_from_another_time_where_the_stem_plays(tmp_path):
+    # the "ramp" stem's level names the time (its amplitude grows through the song), so the target's time can be read back
+    sr, seconds = 16000, 24
+    t = np.arange(seconds * sr) / sr
+    ramp = (0.05 + 0.9 * t / seconds) * np.sign(np.sin(2 * np.pi * 110 * t))
+    late = np.concatenate([np.zeros(sr * 12), tone(12, 330)])  # plays only in the second half
+    make_song(tmp_path / "data" / "a", {"ramp": (ramp, ["keys"]), "late": (late, ["bass"]),
+                                        "drums": (tone(seconds, 900), ["drums"])})
+    cache = TrainingCache(prepare_folder_cache(tmp_path / "data", tmp_path / "cache", sr, progress=False))
+    chunk = 2 * sr
+    names = [s["name"] for s in cache.songs[0]["stems"]]
+    aligned = ChunkPairDataset(cache, DataConfig(), chunk_samples=chunk, length=300, seed=3)
+    moved = ChunkPairDataset(cache, DataConfig(unaligned_target=1.0), chunk_samples=chunk, length=300, seed=3)
+    audio = cache.audio(0)
+    n_moved = 0
+    for i in range(300):
+        song, start, target, _, _, rng = moved.draw(i)
+        t0 = moved.target_start(song, start, target, rng)
+        assert target in moved.active_stems(song, t0)  # never a silent target
+        if t0 != start:
+            n_moved += 1
+            assert abs(t0 - start) >= chunk // 2
+        item = moved[i]
+        assert np.array_equal(item["target"].numpy(), audio[target, t0:t0 + chunk].astype(np.float16))
+        if names[target] == "late":
+            assert t0 + chunk * 3 // 4 >= 12 * sr - sr // 10  # the late stem only where it plays (a quarter of the chunk)
+        # off: the target is the context's chunk, as before the option existed
+        song, start, target, _, _, _ = aligned.draw(i)
+        assert np.array_equal(aligned[i]["target"].numpy(), audio[target, start:start + chunk].astype(np.float16))
+    assert n_moved > 200  # almost every target moved

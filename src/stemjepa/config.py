@@ -150,6 +150,9 @@ class DataConfig:
     unlabelled: str = "music"
     split: str | None = "train"
     gain_db: float = 0.0  # random per-stem gain in [-gain_db, +gain_db] when mixing the context
+    # share of samples whose target chunk is taken at another time of the same song (where the target stem plays) instead
+    # of the context's time: the index averages whole tracks, so time alignment is no cue at query time (not in the paper)
+    unaligned_target: float = 0.0
 
 
 @dataclass
@@ -265,7 +268,7 @@ RANGES = {
     "jepa.ema_tau_start": _fraction, "jepa.ema_tau_end": _fraction, "jepa.contrastive_weight": _nonnegative,
     "jepa.contrastive_temperature": _positive,
     "data.batch_size": _positive, "data.num_workers": _nonnegative, "data.prefetch_factor": _positive,
-    "data.min_active_fraction": _fraction, "data.max_context_stems": _positive, "data.gain_db": _nonnegative,
+    "data.min_active_fraction": _fraction, "data.max_context_stems": _positive, "data.gain_db": _nonnegative, "data.unaligned_target": _fraction,
     "model.frontend.sample_rate": _positive, "model.frontend.n_fft": _positive, "model.frontend.win_length": _positive,
     "model.frontend.hop_length": _positive, "model.frontend.n_mels": _positive, "model.frontend.f_min": _nonnegative,
     "model.frontend.f_max": _positive, "model.frontend.log_eps": _positive, "model.frontend.norm_std": _positive,

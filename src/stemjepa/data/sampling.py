@@ -93,6 +93,19 @@ class ChunkPairDataset(Dataset):
         raise DataError(f"{self.cache.root}: found no chunk with two active stems after {MAX_TRIES} tries; "
                         f"is the activity threshold ({self.cfg.activity_db} dBFS) too high for this data?")
 
+    def target_start(self, song: int, start: int, target: int, rng: np.random.Generator) -> int:
+        """Where the target chunk starts: the context's time, or (with probability `unaligned_target`) another time of the
+        song where the target stem is active. No random number is drawn when the option is off (samples unchanged)."""
+        if self.cfg.unaligned_target <= 0 or rng.random() >= self.cfg.unaligned_target:
+            return start
+        n = self.cache.songs[song]["n_samples"]
+        last = max(n - self.chunk_samples, 0)
+        for _ in range(8):
+            other = int(rng.integers(0, last + 1))
+            if abs(other - start) >= self.chunk_samples // 2 and target in self.active_stems(song, other):
+                return other
+        return start
+
     def __getitem__(self, index: int) -> dict:
         song, start, target, context, label, rng = self.draw(index)
         audio = self.cache.audio(song)
@@ -100,7 +113,9 @@ class ChunkPairDataset(Dataset):
         ctx = np.zeros((len(context), self.chunk_samples), dtype=np.float16)
         tgt = np.zeros(self.chunk_samples, dtype=np.float16)
         ctx[:, : stop - start] = audio[context, start:stop]
-        tgt[: stop - start] = audio[target, start:stop]
+        t0 = self.target_start(song, start, target, rng)
+        t1 = min(t0 + self.chunk_samples, audio.shape[1])
+        tgt[: t1 - t0] = audio[target, t0:t1]
         gains = np.ones(len(context), dtype=np.float32)
         if self.cfg.gain_db > 0:
             gains = (10 ** (rng.uniform(-self.cfg.gain_db, self.cfg.gain_db, len(context)) / 20)).astype(np.float32)
