@@ -16,7 +16,7 @@ def test_demo_produces_every_artefact_and_reruns_without_regenerating(tmp_path, 
     for name in ["contrastive_baseline-fine", "contrastive_baseline-coarse", "full_model-fine", "full_model-coarse"]:
         metrics = json.loads((out / "eval" / name / "metrics.json").read_text())
         assert 0 <= metrics["R@1"] <= metrics["R@5"] <= metrics["R@10"] <= 100
-    assert (out / "index").is_dir()
+    assert (out / "index").is_dir() and (out / ".stemjepa-demo.json").is_file()  # marks the folder as the demo's
     assert result["examples"] and all(len(ex["results"]) >= 1 for ex in result["examples"])
     assert all((out / "queries" / ex["mix"].split("/")[-1]).is_file() for ex in result["examples"])
     page = (out / "report.html").read_text()

@@ -181,10 +181,11 @@ def read_json(path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSO
         raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if len(raw) > max_bytes:
         raise error(f"{path}: too large for a metadata file (limit {max_bytes / 1e6:g} MB)")
+    encoding = json.detect_encoding(raw)  # UTF-8, or UTF-16/32 as JSON allows (from a BOM or the first bytes)
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise error(f"{path}: not UTF-8 text ({encoding}: {exc.reason} at byte {exc.start}); save it as UTF-8") from None
     if _json_depth(text) > max_depth:
         raise error(f"{path}: JSON nested deeper than {max_depth} levels; not a metadata file")
     try:

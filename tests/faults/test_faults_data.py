@@ -80,14 +80,14 @@ def test_unreadable_song_folder_is_skipped_simulated(tmp_path, monkeypatch):
     root = tmp_path / "data"
     song(root / "good")
     locked = song(root / "locked")
-    real = Path.read_bytes
+    real = os.open
 
-    def read_bytes(self):
-        if self.parent == locked:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    def os_open(path, *args, **kwargs):
+        if Path(path).parent == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "open", os_open)
     songs, problems = read_folder(root)
     assert [s.id for s in songs] == ["good"] and "cannot be read" in problems[0][1] and "locked" in problems[0][0]
     result = prepare("folder", root, tmp_path / "cache", progress=False)
@@ -180,3 +180,74 @@ def test_permission_error_anywhere_in_a_command_is_one_line(tmp_path, monkeypatc
     assert main(["prepare", "--dataset", "folder", "--root", str(root), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"{out}: Permission denied" in err and len(err.strip().splitlines()) == 1
+
+
+# --- hostile metadata JSON: deeply nested, a FIFO; every reader goes through fsutil.read_json -------------------------
+DEEP = "[" * 100_000 + "]" * 100_000  # json.loads would raise RecursionError
+
+
+def test_deeply_nested_stems_json_is_skipped_by_prepare_fit_and_eval(tmp_path):
+    from stemjepa.evaluation.beats.annotations import read_beat_dataset
+
+    root = tmp_path / "data"
+    good = song(root / "good")
+    meta = json.loads((good / "stems.json").read_text())
+    (good / "stems.json").write_text(json.dumps({**meta, "beats": [0.5, 1.0, 1.5]}))
+    (song(root / "deep") / "stems.json").write_text(DEEP)
+    songs, problems = read_folder(root)
+    assert [s.id for s in songs] == ["good"]
+    assert problems[0][0].endswith("deep") and "nested deeper" in problems[0][1] and "stems.json" in problems[0][1]
+    result = prepare("folder", root, tmp_path / "cache", progress=False)  # prepare, and fit, which calls it
+    assert result.n_prepared == 1 and any("deep" in (x["path"] or "") for x in result.skipped)
+    songs, _, problems = load_songs("folder", root)  # eval retrieval
+    assert len(songs) == 1 and "nested deeper" in problems[0][1]
+    tracks, problems = read_beat_dataset("folder", root)  # eval beats
+    assert [t.id for t in tracks] == ["good"] and any("nested deeper" in r for _, r in problems)
+
+
+def test_fifo_named_stems_json_is_refused_not_waited_on(tmp_path):
+    root = tmp_path / "data"
+    song(root / "good")
+    fifo_song = song(root / "piped")
+    (fifo_song / "stems.json").unlink()
+    os.mkfifo(fifo_song / "stems.json")
+    (songs, problems), error = bounded(lambda: read_folder(root), seconds=20)
+    assert error is None and [s.id for s in songs] == ["good"]
+    assert "piped" in problems[0][0] and "not a regular file" in problems[0][1]
+
+
+def test_deeply_nested_moisesdb_data_json_and_split_file_are_one_line_errors(tmp_path):
+    from stemjepa.data.datasets import load_dataset
+    from stemjepa.data.datasets.moisesdb import moisesdb_split
+
+    base = tmp_path / "moises" / "moisesdb_v0.1"
+    good = base / "0a1b2c3d-0000-4000-8000-000000000001"
+    (good / "bass").mkdir(parents=True)
+    sf.write(good / "bass" / "b1.wav", np.zeros(SR, np.float32) + 0.1, SR)
+    (good / "data.json").write_text(json.dumps({"stems": [{"stemName": "bass", "tracks": [{"id": "b1"}]}]}))
+    deep = base / "0a1b2c3d-0000-4000-8000-000000000002"
+    deep.mkdir()
+    (deep / "data.json").write_text(DEEP)
+    problems: list = []
+    songs = load_dataset("moisesdb", tmp_path / "moises", problems=problems)
+    assert [s.id for s in songs] == [good.name]
+    assert problems == [(str(deep / "data.json"), "JSON nested deeper than 64 levels; not a metadata file; song skipped")]
+    split_file = tmp_path / "split.json"
+    split_file.write_text(DEEP)
+    with pytest.raises(DataError, match="split.json: JSON nested deeper"):
+        moisesdb_split(good.name, split_file)
+
+
+def test_deeply_nested_label_map_and_beat_fifo_are_one_line_errors(tmp_path, capsys):
+    from stemjepa.cli.main import main
+    from stemjepa.evaluation.beats.annotations import read_beat_file
+
+    label_map = tmp_path / "labels.json"
+    label_map.write_text(DEEP)
+    code = main(["eval", "retrieval", "--model", str(tmp_path / "none.ckpt"), "--dataset", "folder", "--root",
+                 str(tmp_path), "--label-map", str(label_map), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "labels.json: JSON nested deeper" in err and "Traceback" not in err
+    os.mkfifo(tmp_path / "x.beats")
+    _, error = bounded(lambda: read_beat_file(tmp_path / "x.beats"), seconds=20)
+    assert isinstance(error, DataError) and "not a regular file" in str(error)

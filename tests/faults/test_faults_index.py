@@ -119,6 +119,148 @@ def test_disk_full_during_index_is_one_line_and_keeps_the_old_index(indexed, mon
     assert build(root, out).added == 1
 
 
+def _cap_database_growth(monkeypatch, extra_pages: int = 0):
+    """Writers' connections may grow index.sqlite by `extra_pages` pages only: SQLite itself then answers "database or
+    disk is full" (SQLITE_FULL) wherever the run writes next, as on a full disk."""
+    real = MetaStore._connect
+
+    def connect(self):
+        conn = real(self)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + extra_pages}")
+        return conn
+
+    monkeypatch.setattr(MetaStore, "_connect", connect)
+
+
+def test_disk_full_during_index_names_the_database_and_a_rerun_finishes(indexed, monkeypatch):
+    from stemjepa.fsutil import WriteError
+
+    root, out = indexed
+    for i in range(6):
+        write(root / "new" / f"n{i}.wav", tone(300.0 + 40 * i, 3.0))
+    _cap_database_growth(monkeypatch)
+    with pytest.raises(StemIndexError) as info:
+        build(root, out)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert isinstance(info.value, WriteError) and info.value.disk_full
+    assert message.startswith(f"{out / 'index.sqlite'}: disk full") and "still usable" in message
+    assert "\n" not in message and "not readable" not in message
+    assert len(query_ok(out)) == 3  # the committed generation still answers
+    summary = build(root, out)
+    assert summary.total == 21 and summary.added + summary.resumed >= 6 and not summary.failed
+
+
+def test_disk_full_when_index_opens_its_database_is_not_called_unreadable(indexed, monkeypatch):
+    """SQLite says "disk I/O error" when its shared-memory file cannot grow on a full disk: the free space decides."""
+    import stemjepa.search.store as store_module
+
+    root, out = indexed
+
+    def no_shm(self):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(MetaStore, "_connect", no_shm)
+    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(StemIndexError, match=r"index.sqlite: disk full .*still usable") as info:
+        build(root, out)
+    assert "not readable" not in str(info.value)
+    monkeypatch.undo()
+    assert len(query_ok(out)) == 3 and build(root, out).unchanged == 15
+
+
+def test_disk_full_while_writing_the_faiss_index_is_one_line(indexed, monkeypatch):
+    import faiss
+
+    root, out = indexed
+    write(root / "new" / "a.wav", tone(300.0, 3.0))
+    real = faiss.PyCallbackIOWriter
+
+    def full_after_first_block(write_fn, *args):
+        calls = {"n": 0}
+
+        def write_block(data):
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write_fn(data)
+
+        return real(write_block, *args)
+
+    monkeypatch.setattr(faiss, "PyCallbackIOWriter", full_after_first_block)
+    with pytest.raises(StemIndexError, match=r"snapshot-\d+\.ann\S*: disk full .*still usable"):
+        build(root, out, index_type="hnsw")
+    monkeypatch.undo()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert len(query_ok(out)) == 3
+    summary = build(root, out, index_type="hnsw")
+    assert summary.index_type == "hnsw" and summary.total == 16
+
+
+# --- a read-only copy of an index: its current generation, or a clear refusal ----------------------------------------
+def _copy_without_shm(out, copy):
+    """Copy an index folder as a user would without its -shm file, into a folder where SQLite cannot create one
+    (simulated with a dangling link, since the suite may run as root, who can create files in a read-only folder)."""
+    copy.mkdir()
+    for p in out.iterdir():
+        if not p.name.endswith("-shm"):
+            shutil.copy2(p, copy / p.name)
+    (copy / "index.sqlite-shm").symlink_to(copy / "missing" / "index.sqlite-shm")
+
+
+def test_read_only_copy_of_an_index_without_its_shm_file_opens_its_current_generation(indexed, tmp_path):
+    root, out = indexed
+    with StemIndex.open(out, model=FakeModel()):  # a server reading the index keeps its WAL alive during the update
+        shutil.rmtree(root / "song0")
+        assert build(root, out).generation == 2
+        _copy_without_shm(out, tmp_path / "copy")
+    with StemIndex.open(tmp_path / "copy", model=FakeModel()) as index:
+        assert index.store.generation == 2
+        results = index.query(tone(4 * 55.0, 3.0, 0.2), "bass", k=15)
+    assert len(results) == 12 and not [r for r in results if "song0" in r.path]  # no deleted file answers
+
+
+def test_read_only_copy_with_a_wal_that_cannot_be_applied_is_refused(indexed, tmp_path):
+    _, out = indexed
+    writer = sqlite3.connect(out / "index.sqlite", isolation_level=None)  # a writer that has not checkpointed yet
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute("UPDATE info SET value = '\"later\"' WHERE key = 'updated'")
+        assert (out / "index.sqlite-wal").stat().st_size > 0
+        _copy_without_shm(out, tmp_path / "copy")
+    finally:
+        writer.close()
+    with pytest.raises(StemIndexError, match=r"index.sqlite-wal: holds committed changes .*older generation"):
+        StemIndex.open(tmp_path / "copy", model=FakeModel())
+
+
+def test_read_only_copy_of_an_index_without_its_shm_file_for_real():
+    base = shared_tmp()
+    root, out, copy = base / "stems", base / "idx", base / "copy"
+    try:
+        write_songs(root)
+        build(root, out)
+        with StemIndex.open(out, model=FakeModel()):
+            shutil.rmtree(root / "song0")
+            build(root, out)
+            copy.mkdir()
+            for p in out.iterdir():
+                if not p.name.endswith("-shm"):
+                    shutil.copy2(p, copy / p.name)
+                    (copy / p.name).chmod(0o444)
+        copy.chmod(0o555)
+        code = ("from test_search_fakes import FakeModel, tone\nfrom stemjepa.search import StemIndex\n"
+                f"with StemIndex.open({str(copy)!r}, model=FakeModel()) as index:\n"
+                "    print(index.store.generation, len(index.query(tone(220.0, 3.0), 'bass', k=15)))\n")
+        r = run_unprivileged(code)
+        assert r.returncode == 0 and r.stdout.split() == ["2", "12"], r.stderr
+    finally:
+        if copy.is_dir():
+            copy.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # --- defect 8: degenerate audio gets the same answer everywhere; an unmounted library does not wipe the index ----------
 def test_silent_and_too_short_files_are_refused_by_index(tmp_path):
     root = tmp_path / "stems"

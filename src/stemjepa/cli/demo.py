@@ -5,26 +5,36 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
+    from .options import positive_float, positive_int
+
     p = subparsers.add_parser("demo", help="run the whole system end to end on built-in synthetic data",
                               description="Generate a synthetic corpus, train phase 1 and phase 2, evaluate both on held-out "
                                           "songs (zero-shot instruments), index the held-out stems, run example queries, "
-                                          "and write a report. Re-running reuses what exists.",
+                                          "and write a report. Re-running into the same --out reuses what exists (the "
+                                          "corpus, and finished training runs whatever the step options: delete "
+                                          "OUT/runs to train again); a "
+                                          "non-empty --out that is not a demo's output is refused (nothing in it is "
+                                          "overwritten).",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output folder")
+    p.add_argument("--out", default="demo_out", help="output folder (new, empty, or a previous demo's)")
     from ..demo import DemoConfig
 
     d = DemoConfig()  # one set of defaults, the demo's own
-    p.add_argument("--minutes", type=float, default=d.minutes, help="time budget for the whole job (installation not included)")
-    p.add_argument("--train-songs", type=int, default=d.train_songs)
-    p.add_argument("--test-songs", type=int, default=d.test_songs)
-    p.add_argument("--seconds", type=float, default=d.seconds, help="length of each synthetic song")
-    p.add_argument("--phase1-steps", type=int, default=d.phase1_steps,
+    p.add_argument("--minutes", type=positive_float, default=d.minutes,
+                   help="time budget for the whole job (installation not included): training gets what the other "
+                        "stages leave, but at least a minute, and rendering the corpus is not cut short, so a small "
+                        "budget is exceeded")
+    p.add_argument("--train-songs", type=positive_int, default=d.train_songs, help="synthetic songs to train on")
+    p.add_argument("--test-songs", type=positive_int, default=d.test_songs,
+                   help="held-out synthetic songs (with the zero-shot instruments) to evaluate and index")
+    p.add_argument("--seconds", type=positive_float, default=d.seconds, help="length of each synthetic song, in seconds")
+    p.add_argument("--phase1-steps", type=positive_int, default=d.phase1_steps,
                    help="phase-1 training steps (the time budget may stop earlier)")
-    p.add_argument("--phase2-steps", type=int, default=d.phase2_steps,
+    p.add_argument("--phase2-steps", type=positive_int, default=d.phase2_steps,
                    help="phase-2 training steps (the time budget may stop earlier)")
-    p.add_argument("--jobs", type=int, default=2, help="processes for rendering the corpus")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--jobs", type=positive_int, default=d.jobs, help="processes for rendering the corpus")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the corpus and of training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 

@@ -1,11 +1,10 @@
 """`stemjepa eval retrieval` (the Table I benchmark and the Fig. 2 analysis) and `stemjepa eval compare` (runs side by side)."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, read_json
 
 DATASETS = ("musdb18", "musdb18hq", "moisesdb", "slakh2100", "folder")
 
@@ -17,35 +16,41 @@ def add_parser(subparsers) -> None:
         description="Embed every stem of every track into a pool, query it with the mix of the other stems conditioned on "
         "the stem's label, and report Recall@1/5/10, normalised ranks, top-1 among 64 and the Fig. 2 analysis.",
     )
-    from .options import add_model_option
+    from .options import add_model_option, positive_int
 
     add_model_option(p, what="model to evaluate")
     p.add_argument("--dataset", required=True, choices=DATASETS,
                    help="dataset layout at --root (a synthetic corpus is a 'folder')")
     p.add_argument("--root", required=True, help="dataset root folder")
-    p.add_argument("--split", default=None, help="train, test or all (default: Table I's pool, every track, for musdb18, "
-                   "musdb18hq and moisesdb; the test split, or all where there is none, for the others)")
+    p.add_argument("--split", default=None,
+                   help="a split of the dataset (train, validation, test; a folder's songs may name any split in "
+                   "stems.json) or all (default: Table I's pool, every track, for musdb18, musdb18hq and moisesdb; the "
+                   "test split, or all where there is none, for the others)")
     p.add_argument("--label-level", "--conditioning", dest="label_level", choices=("fine", "coarse"), default="fine",
                    help="which label of a stem its query is conditioned on: the most specific one or its category "
                    "(--conditioning: the old spelling)")
     p.add_argument("--distance", choices=("l2", "cosine"), default="l2",
-                   help="ranking: Euclidean distance of the raw vectors (the paper's normalised rank) or cosine similarity")
+                   help="ranking: Euclidean distance of the raw vectors (the paper's normalised rank; the default) or "
+                   "cosine similarity")
     p.add_argument("--reference-encoder", choices=("target", "context"), default="target",
                    help="encoder of the pool's reference stems: the EMA target encoder (what the predictor predicts) "
-                   "or the context one")
+                   "(the default) or the context one")
     p.add_argument("--strict", action="store_true",
                    help="refuse to evaluate songs the checkpoint was trained on (or a checkpoint that does not record them)")
     p.add_argument("--out", required=True, help="output folder (metrics.json, rankings.csv, analysis.csv, fig2.png, report.md)")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: OUT/cache); shared between runs is fine")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--overwrite", action="store_true", help="replace results of another checkpoint / dataset in --out")
-    p.add_argument("--name", default=None, help="row name in reports (default: the run folder of the checkpoint)")
+    p.add_argument("--name", default=None, help="row name in reports (default: the run folder of a RUN/checkpoints/*.ckpt, "
+                   "else the model file's name)")
     p.add_argument("--label-map", default=None, help="JSON file mapping dataset labels to conditioning text")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N songs (quick checks)")
-    p.add_argument("--k64-draws", type=int, default=10, help="seeded draws of the 63 distractors for top1_k64")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N songs (quick checks)")
+    p.add_argument("--k64-draws", type=positive_int, default=10,
+                   help="seeded draws of the 63 distractors for top1_k64 (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the top1_k64 draws (default 0)")
     p.add_argument("--silence-db", type=float, default=-60.0,
-                   help="a stem is silent when no 100 ms frame reaches this RMS (dBFS)")
+                   help="a stem is silent, and left out of the pool and the queries, when no 100 ms frame reaches this "
+                   "RMS in dBFS (default -60)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when present)")
     p.set_defaults(func=run_retrieval)
 
@@ -63,16 +68,13 @@ def add_parser(subparsers) -> None:
 
 
 def run_retrieval(args) -> int:
-    from ..errors import ConfigError, DataError
+    from ..errors import ConfigError
     from ..evaluation.report import chance_row, protocol_note, table_header, table_row
     from ..evaluation.retrieval import evaluate_retrieval, load_songs
 
     label_map = None
     if args.label_map:
-        try:
-            label_map = json.loads(Path(args.label_map).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{args.label_map}: cannot read label map ({exc})") from None
+        label_map = read_json(args.label_map, error=ConfigError)
         if not isinstance(label_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in label_map.items()):
             raise ConfigError(f"{args.label_map}: must be a JSON object mapping label strings to text")
     from ..models.registry import resolve
@@ -82,8 +84,6 @@ def run_retrieval(args) -> int:
     for path, reason in problems:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     if args.limit is not None:
-        if args.limit < 1:
-            raise DataError("--limit must be at least 1")
         songs = songs[: args.limit]
     cache_dir = args.cache_dir
     if args.no_cache:

@@ -24,6 +24,17 @@ def nonnegative_int(text: str) -> int:
     return _int(text, 0, "a non-negative integer (0 or more)")
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (minutes, seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def add_model_option(parser, default: str | None = "default", what: str = "model") -> None:
     """`--model NAME_OR_PATH` (alias `--checkpoint`): a built-in model name (`stemjepa models`), a .safetensors export
     or a .ckpt checkpoint; `default` is the built-in default model."""

@@ -7,7 +7,6 @@ Labels go from coarse to fine and may be empty (the stem is then conditioned on 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE
 from ..audio.io import load_audio
 from ..errors import AudioError, DataError
+from ..fsutil import read_json
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,11 @@ def read_song_folder(folder) -> Song:
     try:
         if not os.access(folder, os.R_OK | os.X_OK):
             raise PermissionError(13, "Permission denied", str(folder))
-        if not meta_path.is_file():
+        if not meta_path.exists():
             raise DataError(f"{meta_path}: missing (every song folder needs a stems.json)")
-        raw = meta_path.read_bytes()
     except OSError as exc:
         raise DataError(f"{folder}: song folder cannot be read ({exc.strerror or exc})") from None
-    try:
-        meta = json.loads(raw)  # UTF-8, or UTF-16/32 as JSON allows (detected from the first bytes)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{meta_path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{meta_path}: not valid JSON ({exc})") from None
+    meta = read_json(meta_path, error=DataError)  # bounded: a FIFO, a huge or a deeply nested file is refused
     entries = meta.get("stems") if isinstance(meta, dict) else None
     if not isinstance(entries, list) or not entries:
         raise DataError(f"{meta_path}: needs a non-empty list under 'stems'")

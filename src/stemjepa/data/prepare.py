@@ -8,7 +8,6 @@ stem lengths are zero-padded to the longest stem (`load_song(length="pad")`); th
 """
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from ..audio import SAMPLE_RATE
 from ..errors import DataError, StemJepaError
-from ..fsutil import WriteError, clean_stale_temps
+from ..fsutil import WriteError, clean_stale_temps, read_json
 from .datasets import load_dataset
 from .multitrack import Song, load_song
 from .training_cache import MANIFEST, drop_songs, finalize_cache, fresh_song_ids, remove_song, song_key, write_cache_song
@@ -79,8 +78,8 @@ def _check_out(out: Path, dataset: str) -> None:
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
-            other = json.loads(manifest.read_text()).get("dataset")
-        except (OSError, ValueError):
+            other = read_json(manifest, error=DataError).get("dataset")
+        except (DataError, AttributeError):
             other = None
         if other and other != dataset:
             raise DataError(f"{out}: holds a cache of dataset {other!r}, not {dataset!r}; choose another --out")
@@ -88,8 +87,8 @@ def _check_out(out: Path, dataset: str) -> None:
     if (out / "songs").is_dir():  # an interrupted first run: check the dataset of a song already written
         record = next((out / "songs").glob("*.json"), None)
         try:
-            other = json.loads(record.read_text()).get("dataset") if record else None
-        except (OSError, ValueError):
+            other = read_json(record, error=DataError).get("dataset") if record else None
+        except (DataError, AttributeError):
             other = None
         if other and other != dataset:
             raise DataError(f"{out}: holds songs of dataset {other!r}, not {dataset!r}; choose another --out")
@@ -101,10 +100,10 @@ def _check_out(out: Path, dataset: str) -> None:
 
 def _previous_stem_skips(out: Path, song: Song) -> list[dict]:
     try:
-        record = json.loads((out / "songs" / f"{song_key(song.id)}.json").read_text())
-    except (OSError, ValueError):
+        record = read_json(out / "songs" / f"{song_key(song.id)}.json", error=DataError)
+        return [_skip(song.id, s.get("stem"), None, s.get("reason", "")) for s in record.get("skipped_stems", [])]
+    except (DataError, AttributeError):
         return []
-    return [_skip(song.id, s.get("stem"), None, s.get("reason", "")) for s in record.get("skipped_stems", [])]
 
 
 def prepare(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, read_json
 from .multitrack import LoadedSong
 
 CACHE_VERSION = 1
@@ -124,13 +124,18 @@ def _jsonable(obj):
         return json.loads(json.dumps(obj, default=str))
 
 
+_RECORD_KEYS = {"id", "key", "sample_rate", "n_samples", "stems"}  # what readers of a record index
+
+
 def _song_records(cache_dir: Path) -> list[dict]:
     records = []
     for path in sorted((cache_dir / "songs").glob("*.json")):
         try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
+            record = read_json(path, error=DataError)
+        except DataError:
             continue  # a record is written atomically; an unreadable one is treated as not cached
+        if isinstance(record, dict) and _RECORD_KEYS <= record.keys():
+            records.append(record)
     return records
 
 
@@ -172,9 +177,11 @@ class TrainingCache:
         if not manifest_path.is_file():
             raise DataError(f"{self.root}: not a stemjepa training cache (no {MANIFEST}); create one with `stemjepa prepare`")
         try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{manifest_path}: corrupt manifest ({exc})") from None
+            self.manifest = read_json(manifest_path, error=DataError)
+        except DataError as exc:
+            raise DataError(f"{exc} (a corrupt manifest: run `stemjepa prepare` again)") from None
+        if not isinstance(self.manifest, dict):
+            raise DataError(f"{manifest_path}: corrupt manifest (not a JSON object); run `stemjepa prepare` again")
         if self.manifest.get("version", 0) > CACHE_VERSION:
             raise DataError(f"{manifest_path}: written by a newer stemjepa (cache version {self.manifest['version']})")
         self.sample_rate = int(self.manifest["sample_rate"])

@@ -12,13 +12,40 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import SAMPLE_RATE
-from ..fsutil import atomic_write_text
+from ..errors import StemJepaError
+from ..fsutil import atomic_write_text, read_json
 
 # the demo ranks by cosine, as the stem index does (the paper's L2 is `stemjepa eval retrieval`'s default)
 DISTANCE = "cosine"
 # instruments that only the held-out songs play: their category is known from training, the instrument itself is not
 HELD_OUT = ("alto saxophone", "violin", "rhodes electric piano")
 LABEL_LEVELS = ("fine", "coarse")
+
+
+# what a demo writes in its --out folder; the marker file lists them, and a folder without it is not the demo's to write in
+MARKER = ".stemjepa-demo.json"
+DEMO_ENTRIES = ("data", "runs", "eval", "index", "queries", "training_curves.png", "fig2_full_model_fine.png", "report.md",
+                "report.html", "summary.json")
+
+
+def claim_out(out: Path) -> None:
+    """Make `out` the demo's folder, or refuse before any work: never overwrite files the demo did not write.
+
+    An absent or empty folder is claimed (the marker is written first); a folder with the marker is a previous demo's and
+    is reused. A folder of an older demo (no marker, nothing but the demo's own entries, with its corpus) is claimed too.
+    """
+    if out.exists() and not out.is_dir():
+        raise StemJepaError(f"{out}: exists and is not a folder; choose a new --out folder for the demo")
+    found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if MARKER in found:
+        return
+    older_demo = found and set(found) <= set(DEMO_ENTRIES) and (out / "data" / "train").is_dir()
+    if found and not older_demo:
+        raise StemJepaError(f"{out}: folder is not empty and is not a stemjepa demo output (holds "
+                            f"{', '.join(found[:5])}{', ...' if len(found) > 5 else ''}); the demo would overwrite "
+                            "report.md, summary.json and more: choose an empty or new --out folder, nothing was changed")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MARKER, json.dumps({"written_by": "stemjepa demo", "entries": list(DEMO_ENTRIES)}, indent=1))
 
 
 @dataclass
@@ -62,7 +89,11 @@ def _train(cfg: DemoConfig, config: str, run: Path, steps: int, seconds: float, 
     last = run / "checkpoints" / "last.ckpt"
     done = run / "done.json"
     if last.is_file() and done.is_file():
-        print(f"   reusing {last} ({json.loads(done.read_text())['steps']} steps)")
+        try:
+            steps_done = f"{int(read_json(done, error=StemJepaError)['steps'])} steps"
+        except (StemJepaError, KeyError, TypeError, ValueError):
+            steps_done = "steps unknown"
+        print(f"   reusing {last} ({steps_done})")
         return last
     resume = last.is_file()  # an interrupted demo run continues
     overrides = [f"max_steps={steps}", f"data.batch_size={cfg.batch_size}", "data.num_workers=1", "log_every=5",
@@ -128,7 +159,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     started = time.time()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out(out)
     budget = cfg.minutes * 60.0
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
 
@@ -153,7 +184,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     songs, _ = read_folder(test_dir)
     metrics = {}
-    with _Stage(cfg, "3/5 retrieval benchmark on the held-out songs (Table I protocol)"):
+    with _Stage(cfg, "3/5 retrieval benchmark on the held-out songs (Table I protocol, ranked by cosine)"):
         for name, ckpt in (("contrastive baseline", p1), ("full model", p2)):
             for level in LABEL_LEVELS:
                 d = out / "eval" / f"{name.replace(' ', '_')}-{level}"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..evaluation.metrics import METRIC_COLUMNS, METRIC_KEYS
-from ..evaluation.report import protocol_note
+from ..evaluation.report import protocol_note, reference_words
 from ..fsutil import atomic_write_text
 
 if TYPE_CHECKING:
@@ -28,6 +28,17 @@ def summary_metrics(metrics: dict) -> dict:
     keep = METRIC_KEYS + ("top1_k64", "n_queries", "n_pool", "chance", "distance")
     return {f"{n} / {level}": {**{k: m[k] for k in keep}, "pool_diagnostics": m.get("pool_diagnostics")}
             for (n, level), m in metrics.items()}
+
+
+def running_mean(values, window: int) -> np.ndarray:
+    """Centred running mean of the same length as `values`, for any length (0 included): the window shrinks to the
+    number of points and the ends average only the points they have (no zero padding pulling them down)."""
+    values = np.asarray(values, dtype=np.float64)
+    w = max(1, min(window, len(values)))
+    if len(values) == 0:
+        return values
+    kernel = np.ones(w)
+    return np.convolve(values, kernel, mode="same") / np.convolve(np.ones(len(values)), kernel, mode="same")
 
 
 def plot_curves(runs: dict[str, Path], path: Path, batch_size: int) -> None:
@@ -56,13 +67,21 @@ def plot_curves(runs: dict[str, Path], path: Path, batch_size: int) -> None:
         ax.grid(alpha=0.3)
         if top1:  # learning, not only a falling loss: in-batch matching against chance
             ax2 = ax.twinx()
-            ax2.plot(top_steps, np.convolve(top1, np.ones(5) / 5, mode="same"), color="tab:orange", lw=1.2)
+            ax2.plot(top_steps, running_mean(top1, 5), color="tab:orange", lw=1.2)
             ax2.axhline(1.0 / batch_size, color="tab:orange", ls=":", lw=1)
             ax2.set_ylabel("in-batch top-1 (dotted: chance)", color="tab:orange")
             ax2.set_ylim(0, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def shared_note(metrics: dict) -> str:
+    """The protocol of the demo's tables: the pool and distance every row shares, then each model's reference encoder
+    (each row's collapse verdict is in its own row)."""
+    refs = {name: reference_words(m.get("reference_encoder")) for (name, _), m in metrics.items()}
+    return (protocol_note(next(iter(metrics.values())), diagnostics=False, references=False) + "; references: "
+            + "; ".join(f"{name} from {ref}" for name, ref in refs.items()))
 
 
 def print_summary(metrics: dict, out: Path, total: float) -> None:
@@ -78,7 +97,7 @@ def print_summary(metrics: dict, out: Path, total: float) -> None:
               + f"  {pool.get('median_cosine', float('nan')):.3f}{flag}")
     c = next(iter(metrics.values()))["chance"]
     print(f"{'chance':<32}" + "".join(f"{c[k]:>{w}.1f}" for k, w in zip(METRIC_KEYS, widths)))
-    print(protocol_note(next(iter(metrics.values()))))
+    print(shared_note(metrics))
     print(f"report: {out / 'report.html'} (and report.md)")
 
 
@@ -97,7 +116,7 @@ def markdown(cfg: DemoConfig, table: str, examples: list) -> str:
     md = ["# stemjepa demo report", "",
           f"Held-out songs: {cfg.test_songs} (instruments never heard in training: {', '.join(cfg.held_out)}); "
           f"training songs: {cfg.train_songs}, {cfg.seconds:.0f} s each.", "",
-          "## Retrieval (Table I protocol, percent)", "", table, "",
+          "## Retrieval (Table I protocol, ranked by cosine, percent)", "", table, "",
           "## Instrument analysis of the full model (fine labels, Fig. 2)", "", "![fig2](fig2_full_model_fine.png)", "",
           "## Training curves", "", "![curves](training_curves.png)", "", "## Example queries", ""]
     for ex in examples:
@@ -142,7 +161,7 @@ def html_page(out: Path, cfg: DemoConfig, metrics: dict, examples: list) -> str:
     return template.substitute(
         train_songs=cfg.train_songs, test_songs=cfg.test_songs, held_out=html.escape(", ".join(cfg.held_out)),
         header="".join(f"<th>{h}</th>" for h in headings), rows=rows,
-        protocol=html.escape(protocol_note(next(iter(metrics.values())))),
+        protocol=html.escape(shared_note(metrics)),
         players="".join(_players(out, ex) for ex in examples),
         timings="".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in cfg.timings.items()),
     )

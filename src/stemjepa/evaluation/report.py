@@ -7,11 +7,10 @@ same pool) and, under it, the protocol (|pool|, distance, reference encoder) and
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import DataError
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, read_json
 from .metrics import METRIC_COLUMNS
 
 EXTRA_COLUMNS = {"top1_k64": "top-1 K=64", "n_queries": "queries", "n_pool": "pool", "seconds": "time (s)"}
@@ -74,19 +73,24 @@ def collapse_note(m: dict) -> str:
             f"of {d['n']}: {flag}")
 
 
-def protocol_note(m: dict, diagnostics: bool = True) -> str:
+def reference_words(ref) -> str:
+    """The reference encoder of a metrics.json in words ("encoder": a phase-1 model, which has only one)."""
+    return "the model's only encoder (phase 1)" if ref == "encoder" else f"the {ref} encoder" if ref else "an unrecorded encoder"
+
+
+def protocol_note(m: dict, diagnostics: bool = True, references: bool = True) -> str:
     """One paragraph stating what a metrics.json's R@k must be read against: |pool|, chance level, distance, reference
-    encoder, overlap with training songs and the collapse verdict. Used beside every table (report.md, compare, demo)."""
+    encoder, overlap with training songs and the collapse verdict. Used beside every table (report.md, compare, demo).
+    Without `references` and `diagnostics`, it holds only what every model on the same pool shares."""
     chance = m.get("chance") or {}
     parts = [f"pool of {m.get('n_pool')} stems from {m.get('n_songs')} songs"]
     if chance:
         parts.append("chance R@1 / R@5 / R@10 = " + " / ".join(fmt(chance.get(f"R@{k}")) for k in (1, 5, 10))
                      + f" %, median rank {fmt(chance.get('norm_rank_median'))} %")
     if m.get("distance"):
-        ref = m.get("reference_encoder")
-        ref = "the model's only encoder (phase 1)" if ref == "encoder" else f"the {ref} encoder"
         parts.append(f"ranked by {'Euclidean (L2) distance' if m['distance'] == 'l2' else 'cosine similarity'}"
-                     f"{' (the paper)' if m['distance'] == 'l2' else ' (not the paper)'}, references from {ref}")
+                     f"{' (the paper)' if m['distance'] == 'l2' else ' (not the paper)'}"
+                     + (f", references from {reference_words(m.get('reference_encoder'))}" if references else ""))
     overlap = m.get("training_overlap") or {}
     if overlap.get("n_songs"):
         parts.append(f"WARNING: {overlap['n_songs']} evaluated songs were training songs")
@@ -128,10 +132,9 @@ def read_run(run_dir) -> dict:
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         raise DataError(f"{path}: missing (not a `stemjepa eval retrieval` output folder)")
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    m = read_json(path, error=DataError)
+    if not isinstance(m, dict):
+        raise DataError(f"{path}: not a `stemjepa eval retrieval` metrics file (not a JSON object)")
     m = upgrade_record(m)
     missing = [k for k, _ in METRIC_COLUMNS if k not in m]
     if missing:
@@ -183,9 +186,14 @@ def compare_table(run_dirs, extra=()) -> str:
     notes = [""]
     for b in benches:
         m = first[b]
+        refs = {n: cells[(n, b)].get("reference_encoder", "-") for n in names if (n, b) in cells}
+        short = {r: "the only one (phase 1)" if r == "encoder" else r for r in refs.values()}
+        if len(short) == 1:  # one line per benchmark; the runs' reference encoders only when they differ
+            ref = f"reference encoder {next(iter(short.values()))}"
+        else:
+            ref = "reference encoders " + ", ".join(f"{n}: {short[r]}" for n, r in refs.items())
         notes.append(f"- {b}: pool of {m.get('n_pool')} stems from {m.get('n_songs')} songs, "
-                     f"distance {m.get('distance', 'cosine (not recorded)')}, "
-                     f"reference encoder {m.get('reference_encoder', '-')}")
+                     f"distance {m.get('distance', 'cosine (not recorded)')}, {ref}")
     for (n, b), m in cells.items():
         note = collapse_note(m)
         overlap = (m.get("training_overlap") or {}).get("n_songs")

@@ -25,13 +25,23 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .. import __version__
-from ..audio.io import load_audio
+from ..audio.io import AUDIO_EXTENSIONS, load_audio
 from ..audio.quality import check_embeddable
 from ..errors import AudioError, CheckpointError, DataError, StemJepaError
 from ..fsutil import WriteError, describe_write_error
 from .integrity import check_snapshot
 from .snapshot import previous_ann, remove_old_snapshots, snapshot_paths, write_snapshot
-from .store import DB_NAME, FORMAT_VERSION, LOCK_NAME, FileRow, FileVectors, MetaStore, StemIndexError
+from .store import (
+    DB_NAME,
+    FORMAT_VERSION,
+    LOCK_NAME,
+    FileRow,
+    FileVectors,
+    IndexWriteError,
+    MetaStore,
+    StemIndexError,
+    sqlite_write_error,
+)
 from .vectors import INDEX_POLICIES, default_params, normalize, resolve_index_type
 from .walk import FileInfo, file_checksum, stat_file, walk_audio
 
@@ -69,7 +79,7 @@ class IndexSummary:
             lines.append(f"  repaired: {self.repaired}; the snapshot was rebuilt from {DB_NAME}")
         if not self.found:
             lines.append("  note: no audio files found under the folder (looked for "
-                         "wav, flac, mp3, ogg, opus, m4a, mp4, aac, aif(f), wma)")
+                         f"{', '.join(e.lstrip('.') for e in AUDIO_EXTENSIONS)})")
         lines += [f"  failed: {path}: {problem}" for path, problem in self.failed]
         return "\n".join(lines)
 
@@ -182,15 +192,19 @@ def build_index(root, out, model: EmbeddingModel, checkpoint=None, batch_size: i
                                allow_empty, precision).run()
             finally:
                 store.close()
+    except IndexWriteError:
+        raise
     except WriteError as exc:
-        raise StemIndexError(f"{exc} (the previous index is still usable)") from None
-    except sqlite3.OperationalError as exc:
-        full = "full" in str(exc).lower()
-        raise StemIndexError(f"{out / DB_NAME}: " + ("disk full (no space left on the device)" if full else f"cannot write "
-                             f"({exc})") + "; the previous index is still usable: free some space and run again") from None
+        if exc.errno is None:
+            raise StemIndexError(f"{exc} (the previous index is still usable)") from None
+        raise IndexWriteError(exc.path, OSError(exc.errno, os.strerror(exc.errno))) from None
+    except sqlite3.Error as exc:
+        raise sqlite_write_error(out / DB_NAME, exc) from None
     except OSError as exc:
-        raise StemIndexError(f"{describe_write_error(getattr(exc, 'filename', None) or out, exc)} "
-                             "(the previous index is still usable)") from None
+        path = getattr(exc, "filename", None) or out
+        if exc.errno is None:
+            raise StemIndexError(f"{describe_write_error(path, exc)} (the previous index is still usable)") from None
+        raise IndexWriteError(path, exc) from None
 
 
 class _Update:

@@ -9,7 +9,9 @@ SQLite runs in WAL mode so that queries read while an update writes.
 """
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import StemJepaError
+from ..fsutil import WriteError
 from .walk import FileInfo
 
 FORMAT_VERSION = 1
@@ -49,6 +52,38 @@ CREATE INDEX IF NOT EXISTS files_gen ON files(gen_added, gen_removed);
 
 class StemIndexError(StemJepaError):
     """A stem index folder that is missing, foreign, unfinished, or written by a newer stemjepa."""
+
+
+class IndexWriteError(WriteError, StemIndexError):
+    """A write to an index folder that failed (disk full, no permission): one line naming the path; the generation
+    committed before stays searchable, and the next `index` run resumes."""
+
+    def __init__(self, path, exc: OSError):
+        super().__init__(path, exc)
+        self.args = (f"{self.args[0]} (the previous index is still usable)",)
+
+
+_MIN_FREE_BYTES = 1 << 20  # below this, a failed SQLite write is a full disk ("disk I/O error" when the -shm cannot grow)
+
+
+def _no_space(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < _MIN_FREE_BYTES
+    except OSError:
+        return False
+
+
+def sqlite_write_error(db_path: Path, exc: sqlite3.Error) -> StemJepaError:
+    """The user's words for an SQLite error while writing `db_path`: disk full and permission problems name the file
+    (SQLite says "database or disk is full", or "disk I/O error" when its shared-memory file cannot grow)."""
+    text = str(exc).lower()
+    if "full" in text or _no_space(db_path.parent):
+        return IndexWriteError(db_path, OSError(errno.ENOSPC, "No space left on device"))
+    if "readonly" in text or "read-only" in text or "permission" in text:
+        return IndexWriteError(db_path, OSError(errno.EACCES, str(exc)))
+    if isinstance(exc, sqlite3.OperationalError):
+        return StemIndexError(f"{db_path}: cannot write ({exc}); the previous index is still usable")
+    return StemIndexError(f"{db_path}: damaged ({exc}); build the index again in a new --out folder")
 
 
 class FileStat(NamedTuple):
@@ -117,12 +152,15 @@ class MetaStore:
         self.db_path = self.folder / DB_NAME
         if not create:
             check_index_folder(self.folder)
+        self.writer = create
         try:
             self.conn = self._connect() if create else self._connect_readonly()
             version = self.get("format_version")
         except sqlite3.DatabaseError as exc:
             if getattr(self, "conn", None) is not None:
                 self.conn.close()
+            if create and isinstance(exc, sqlite3.OperationalError):  # a full disk is not an unreadable index
+                raise sqlite_write_error(self.db_path, exc) from None
             raise StemIndexError(f"{self.db_path}: not a readable stem index ({exc})") from None
         if version is not None and int(version) > FORMAT_VERSION:
             self.conn.close()
@@ -143,10 +181,14 @@ class MetaStore:
         """Queries never write, so an index on a read-only disk or with read-only files can be searched.
 
         `mode=ro` still sees a concurrent writer's commits (WAL); where SQLite cannot create the WAL's shared-memory file
-        (a read-only folder, so no writer either) the file is opened as immutable.
+        (a read-only folder, so no writer either) the file is opened as immutable, which reads the main file only: that
+        is the current generation when the WAL is absent or empty (every `index` run ends by checkpointing into the main
+        file). A non-empty WAL that cannot be applied is refused: the main file alone would be an older generation.
         """
         uri = self.db_path.resolve().as_uri()
         for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            if "immutable" in query:
+                self._check_no_pending_wal()
             conn = sqlite3.connect(uri + query, uri=True, timeout=60.0, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             try:
@@ -157,19 +199,52 @@ class MetaStore:
                 error = exc
         raise error
 
+    def _check_no_pending_wal(self) -> None:
+        wal = self.db_path.with_name(self.db_path.name + "-wal")
+        try:
+            pending = wal.stat().st_size > 0
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StemIndexError(f"{wal}: cannot be read ({exc.strerror or exc})") from None
+        if pending:
+            raise StemIndexError(
+                f"{wal}: holds committed changes that SQLite cannot apply here (it cannot create "
+                f"{DB_NAME}-shm in a read-only folder), and without them the index would answer from an older "
+                f"generation: open it once where the folder is writable (e.g. `stemjepa index` on it), or copy it "
+                f"together with its -shm file")
+
+    def checkpoint(self) -> None:
+        """Move the WAL's commits into the main file and empty the WAL, so that a copy of the folder (even without the
+        -wal and -shm files, or read-only) holds the current generation. Waits briefly for readers; best effort."""
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 2000")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            pass  # a full disk or a busy reader: the WAL stays, and readers still apply it
+
     def close(self) -> None:
+        if self.writer:
+            self.checkpoint()
         self.conn.close()
 
     # --- info key/values -----------------------------------------------------------------------------------------
+    def _value(self, key: str, text: str):
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError, RecursionError):
+            raise StemIndexError(f"{self.db_path}: damaged (info value {key!r} is not valid JSON); build the index again "
+                                 "in a new --out folder") from None
+
     def get(self, key: str, default=None):
         row = self.conn.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        return self._value(key, row[0]) if row else default
 
     def set(self, key: str, value) -> None:
         self.conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def info(self) -> dict:
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM info")}
+        return {k: self._value(k, v) for k, v in self.conn.execute("SELECT key, value FROM info")}
 
     @property
     def generation(self) -> int:
@@ -258,7 +333,13 @@ class _Transaction:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # SQLite has already rolled back after some errors (a full disk): keep that error
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         return False
 
 

@@ -150,10 +150,11 @@ def _same_ivfpq(index, d: int, params: dict) -> bool:
 
 
 def write_ann(index, path) -> None:
-    """Write a FAISS index atomically (temp file + rename)."""
+    """Write a FAISS index atomically (temp file + rename). FAISS writes through our file object, so a full disk is
+    an OSError with its errno (FAISS's own file writer would only raise a RuntimeError)."""
     faiss = import_faiss()
 
-    atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)), by_name=True)
+    atomic_write(path, lambda fh: faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write)))
 
 
 def read_ann(path):

@@ -16,13 +16,13 @@ or "train" (explicit entries win, so a split can be frozen or adjusted without c
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from functools import lru_cache
 from pathlib import Path
 
 from ...errors import DataError
+from ...fsutil import read_json
 from ..multitrack import Song, Stem
 from . import dedupe_labels, readable
 
@@ -110,11 +110,11 @@ def track_type_label(raw: str, stem_name: str) -> tuple[str, bool]:
 
 @lru_cache(maxsize=4)
 def _split_table(path: str) -> tuple[frozenset, frozenset, int]:
+    spec = read_json(path, error=DataError)
     try:
-        spec = json.loads(Path(path).read_text())
         return frozenset(spec.get("test", [])), frozenset(spec.get("train", [])), int(spec.get("test_percent", 20))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable MoisesDB split file ({exc})") from None
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: not a MoisesDB split file ({exc})") from None
 
 
 def moisesdb_split(track_id: str, split_file: Path = SPLIT_FILE) -> str:
@@ -137,13 +137,13 @@ def _base_folder(root: Path) -> Path:
 
 def _song(folder: Path, problems: list, unknown: dict) -> Song | None:
     meta_path = folder / "data.json"
-    if not meta_path.is_file():
+    if not meta_path.exists():
         problems.append((str(folder), "missing data.json; song skipped"))
         return None
     try:
-        data = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        problems.append((str(meta_path), f"not valid JSON ({exc}); song skipped"))
+        data = read_json(meta_path, error=DataError)  # bounded: a FIFO, a huge or a deeply nested file is refused
+    except DataError as exc:
+        problems.append((str(meta_path), f"{str(exc).removeprefix(f'{meta_path}: ')}; song skipped"))
         return None
     entries = data.get("stems") if isinstance(data, dict) else None
     if not isinstance(entries, list):

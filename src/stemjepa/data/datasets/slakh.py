@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from ...errors import DataError
+from ...fsutil import MAX_JSON_BYTES
 from ..multitrack import Song, Stem
 from . import dedupe_labels
 
@@ -32,6 +33,9 @@ def _song(folder: Path, split: str | None, problems: list) -> Song | None:
         problems.append((str(folder), "missing metadata.yaml; song skipped"))
         return None
     try:
+        if meta_path.stat().st_size > MAX_JSON_BYTES:  # metadata is kilobytes; libyaml bounds the nesting itself
+            problems.append((str(meta_path), f"larger than {MAX_JSON_BYTES / 1e6:g} MB, not a metadata file; song skipped"))
+            return None
         meta = yaml.load(meta_path.read_text(), Loader=_Loader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         problems.append((str(meta_path), f"unreadable YAML ({str(exc).splitlines()[0]}); song skipped"))

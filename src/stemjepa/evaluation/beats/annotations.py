@@ -17,7 +17,9 @@ The layout is detected from the folder, so DATASET is only a label.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from ...audio.io import is_audio_file, load_audio
 from ...errors import DataError
 
 ANNOTATION_EXTENSIONS = (".beats", ".txt")
+MAX_BEAT_FILE_BYTES = 16 * 1024 * 1024  # a beat per line is kilobytes; a larger file is not an annotation
 AUDIO_DIRS = ("audio", "wav", "wavs")
 ANNOTATION_DIRS = ("annotations", "beats", "beats_and_downbeats")
 
@@ -104,9 +107,16 @@ def read_beat_file(path) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a beat file -> (beats in seconds, downbeats in seconds or None); raises DataError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        # opened without blocking and checked on the descriptor: a FIFO named x.beats must not block the probe
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise DataError(f"{path}: not a regular file; only regular files are read as beat annotations")
+            raw = fh.read(MAX_BEAT_FILE_BYTES + 1)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_BEAT_FILE_BYTES:
+        raise DataError(f"{path}: larger than {MAX_BEAT_FILE_BYTES / 1e6:g} MB, not a beat annotation file")
+    text = raw.decode("utf-8", errors="replace")
     beats, positions = parse_beats(text, source=str(path))
     downbeats = beats[positions == 1] if positions is not None else None
     return beats, downbeats
@@ -172,7 +182,10 @@ def read_paired_dataset(name: str, root) -> tuple[list[BeatTrack], list[tuple[st
 def _times(value, what: str, where: str) -> np.ndarray:
     if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         raise DataError(f"{where}: '{what}' must be a list of times in seconds")
-    arr = np.asarray(value, dtype=np.float64)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise DataError(f"{where}: '{what}' holds a number too large to be a time") from None
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise DataError(f"{where}: '{what}' holds negative or non-finite times")
     return np.unique(arr)
