@@ -270,3 +270,13 @@ def test_cli(tmp_path, capsys):
     assert main(["synth", "--list-instruments"]) == 0
     assert "808 drum machine" in capsys.readouterr().out
     assert main(["synth", "--out", str(tmp_path / "cli2"), "--songs", "1", "--exclude-instruments", "kazoo"]) == 2
+
+
+@pytest.mark.parametrize("text", ["{nope", "[1]"])
+def test_unreadable_corpus_marker_is_a_clear_error(tmp_path, text):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "synth_corpus.json").write_text(text)
+    with pytest.raises(DataError, match="synth_corpus.json.*unreadable corpus settings"):
+        synthesize_corpus(out, 1, seconds=2.0, progress=False)
+    assert (out / "synth_corpus.json").read_text() == text

@@ -15,7 +15,15 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "synth", help="write a synthetic multitrack corpus (songs rendered stem by stem from MIDI)",
         description="Write musically coherent synthetic songs, one audio file per stem plus metadata (labels, tempo, "
-                    "key, beats), rendered with FluidSynth. Deterministic for a seed; re-running resumes.",
+                    "key, beats), rendered with FluidSynth. Deterministic for a seed; re-running resumes. "
+                    "--production full makes them sound produced: every part played with a feel of its own (lead or "
+                    "lag, swing, timing and velocity spread), every stem through an effect chain drawn for what it is "
+                    "(drums: EQ, drive, compression, room; bass: saturation, compression, low EQ; guitars: amp drive "
+                    "and cabinet EQ, chorus; keys: chorus / phaser, reverb; pads and strings: big reverb; vocal-like "
+                    "leads: compression, presence, delay, reverb), random levels and fades, and wider genres, meters "
+                    "(3, 4, 5, 7) and tempos (60-180 BPM); the stems still sum to the mix. It needs the GPL-3.0 "
+                    "effects library pedalboard: pip install stemjepa[effects]. "
+                    "Python: stemjepa.data.synth.synthesize_corpus(out, n, production=\"full\").",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", help="output folder (new, empty, or a corpus to resume)")
     p.add_argument("--songs", type=int, default=100, help="number of songs")
@@ -30,6 +38,10 @@ def add_parser(subparsers) -> None:
                    help="folder: song folders with stems.json; moisesdb: the MoisesDB layout (data.json)")
     p.add_argument("--soundfont", default=None, help="SF2 soundfont (default: TimGM6mb shipped with pretty_midi)")
     p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help="sample rate of the stems")
+    p.add_argument("--production", choices=["none", "full"], default="none",
+                   help="none: dry renders on the grid in one shared room; full: per-stem effect chains, humanised "
+                        "playing, wider genres/meters/tempos (needs pip install stemjepa[effects]); a corpus folder "
+                        "holds one setting")
     p.add_argument("--list-instruments", action="store_true", help="print the instrument palette and exit")
     p.set_defaults(func=run)
 
@@ -50,7 +62,7 @@ def run(args) -> int:
     songs = synthesize_corpus(args.out, args.songs, seconds=args.seconds, seed=args.seed, jobs=args.jobs,
                               exclude=_names(args.exclude_instruments), require=_names(args.require_instruments),
                               layout=args.layout, soundfont=args.soundfont, sample_rate=args.sample_rate,
-                              progress=True, summary=summary)
+                              progress=True, summary=summary, production=args.production)
     rate = summary["written"] / summary["seconds"] * 60 if summary["written"] and summary["seconds"] > 0 else 0.0
     print(f"{len(songs)} songs in {summary['folder']}: {summary['written']} written"
           + (f" ({rate:.1f} songs/min)" if rate else "")

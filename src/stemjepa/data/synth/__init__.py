@@ -2,6 +2,8 @@
 
     from stemjepa.data.synth import synthesize_corpus, PALETTE
     synthesize_corpus("data/synth", n_songs=100, seconds=30, seed=0, jobs=2, exclude=["saxophone", "wind"])
+    synthesize_corpus("data/produced", n_songs=100, production="full")   # effect chains, feel, wider styles (see
+                                                                          # production.py; pip install stemjepa[effects])
 
 `PALETTE` lists every instrument (`Instrument.labels` coarse to fine, GM `program`, `roles`, MoisesDB `moises`).
 """

@@ -21,7 +21,7 @@ import numpy as np
 
 from ...audio import SAMPLE_RATE
 from ...errors import ConfigError, DataError
-from ...fsutil import atomic_write_text
+from ...fsutil import atomic_write_text, read_json
 from .palette import KIT_PARTS, check_names
 from .parts import Part, arrange
 from .render import render_instrument, resolve_soundfont
@@ -48,6 +48,7 @@ class Settings:
     layout: str
     soundfont: str
     sample_rate: int
+    production: str = "none"
 
 
 # ----------------------------------------------------------------------------------------------- one song
@@ -57,17 +58,26 @@ def song_rng(seed: int, index: int) -> tuple[np.random.Generator, int]:
     return np.random.default_rng(ss), int(ss.generate_state(1)[0])
 
 
-def compose(seed: int, index: int, seconds: float, exclude=(), require=()) -> tuple[SongPlan, list[Part], np.random.Generator]:
-    """The plan and parts (notes) of song `index`; the returned generator continues for humanising and mixing."""
+def compose(seed: int, index: int, seconds: float, exclude=(), require=(),
+            production: str = "none") -> tuple[SongPlan, list[Part], np.random.Generator]:
+    """The plan and parts (notes) of song `index`; the returned generator continues for humanising and mixing.
+
+    Production "full" draws from wider genres, meters and tempos (see theory.WIDE_GROOVES)."""
     rng, _ = song_rng(seed, index)
-    plan = plan_song(rng, seconds)
+    plan = plan_song(rng, seconds, wide=production == "full")
     parts = arrange(plan, rng, exclude, require)
     return plan, parts, rng
 
 
-def to_midi(part: Part, plan: SongPlan, rng: np.random.Generator, seconds: float):
-    """The part as a pretty_midi Instrument in seconds, with a little timing and velocity humanisation."""
+def to_midi(part: Part, plan: SongPlan, rng: np.random.Generator, seconds: float, feel=None):
+    """The part as a pretty_midi Instrument in seconds, with a little timing humanisation, or played with a
+    `production.Feel` (production "full": lead or lag, the part's own swing, timing and velocity spread)."""
     import pretty_midi
+
+    if feel is not None:
+        from .production import humanised_midi
+
+        return humanised_midi(part, plan, rng, seconds, feel)
 
     inst = pretty_midi.Instrument(program=part.program, is_drum=part.is_drum, name=part.instrument.name)
     sigma = 0.004 if part.is_drum else 0.008
@@ -217,10 +227,20 @@ def _write_song(index: int, settings: Settings, folder: Path) -> None:
 
     sr, seconds = settings.sample_rate, settings.seconds
     n = int(round(seconds * sr))
-    plan, parts, rng = compose(settings.seed, index, seconds, settings.exclude, settings.require)
+    full = settings.production == "full"
+    plan, parts, rng = compose(settings.seed, index, seconds, settings.exclude, settings.require, settings.production)
     _, own_seed = song_rng(settings.seed, index)
     sf2 = Path(settings.soundfont)
-    midis = [to_midi(part, plan, rng, seconds) for part in parts]
+    if full:
+        from .production import draw_feel
+
+        feels: dict = {}                       # one player per mixing group: a split kit is one drummer
+        for part in parts:
+            if part.group not in feels:
+                feels[part.group] = draw_feel(part, plan, rng)
+        midis = [to_midi(part, plan, rng, seconds, feels[part.group]) for part in parts]
+    else:
+        midis = [to_midi(part, plan, rng, seconds) for part in parts]
     trims = {c.name: KIT_TRIM_DB[c.name] + float(rng.normal(0, 1.5)) for c in KIT_PARTS}
     stems, kept = [], []
     for part, midi in zip(parts, midis):
@@ -237,7 +257,13 @@ def _write_song(index: int, settings: Settings, folder: Path) -> None:
         kept.append(part)
     if not stems:
         raise DataError(f"song {index}: no part produced sound")
-    stems, gains_db = mix_stems(stems, kept, rng, sr)
+    chains: list = [None] * len(stems)
+    if full:
+        from .production import produce
+
+        stems, _, gains_db, chains, song_production = produce(stems, kept, rng, sr, plan)
+    else:
+        stems, gains_db = mix_stems(stems, kept, rng, sr)
 
     staging = Path(settings.out_dir) / STAGING / folder.name
     if staging.exists():
@@ -253,12 +279,15 @@ def _write_song(index: int, settings: Settings, folder: Path) -> None:
                    if plan.time(b.index * plan.meter + s) < seconds],
         "sample_rate": sr, "generator": f"stemjepa synth v{GENERATOR_VERSION}",
     }
+    if full:   # default metadata is unchanged; tempo/key/meter above are the ground truth of what was rendered
+        song_meta.update(production="full", feels={p.group: vars(feels[p.group]) for p in kept},
+                         **song_production)
     entries = []
-    for audio, part, gain in zip(stems, kept, gains_db):
+    for audio, part, gain, chain in zip(stems, kept, gains_db, chains):
         inst = part.instrument
         entries.append({"name": _slug(inst.name), "labels": list(inst.labels), "program": part.program,
                         "is_drum": part.is_drum, "role": part.role, "gain_db": round(gain, 2),
-                        "moises": list(inst.moises), "audio": audio})
+                        "moises": list(inst.moises), "audio": audio, **({"production": chain} if chain else {})})
     if settings.layout == "moisesdb":
         _write_moises(staging, folder.name, index, settings, entries, song_meta, save_audio)
     else:
@@ -266,8 +295,8 @@ def _write_song(index: int, settings: Settings, folder: Path) -> None:
             save_audio(staging / f"{e['name']}.wav", e.pop("audio"), sr)
             e["file"] = f"{e['name']}.wav"
             e.pop("moises")
-        meta = {"stems": [{k: e[k] for k in ("file", "name", "labels", "program", "is_drum", "role", "gain_db")}
-                          for e in entries], **song_meta}
+        keys = ("file", "name", "labels", "program", "is_drum", "role", "gain_db", "production")
+        meta = {"stems": [{k: e[k] for k in keys if k in e} for e in entries], **song_meta}
         (staging / "stems.json").write_text(json.dumps(meta, indent=1))
     if folder.exists():
         shutil.rmtree(folder)               # an incomplete song from an interrupted run
@@ -285,7 +314,8 @@ def _write_moises(staging: Path, song_id: str, index: int, settings: Settings, e
         track_id = str(uuid.uuid5(_NAMESPACE, f"{song_id}/{stem_name}/{e['name']}"))
         save_audio(staging / stem_name / f"{track_id}.wav", e["audio"], settings.sample_rate)
         stem["tracks"].append({"id": track_id, "trackType": track_type, "extension": "wav", "has_bleed": False,
-                               "labels": e["labels"], "program": e["program"], "gain_db": e["gain_db"]})
+                               "labels": e["labels"], "program": e["program"], "gain_db": e["gain_db"],
+                               **({"production": e["production"]} if "production" in e else {})})
     data = {"song": f"synth song {index:05d}", "artist": "stemjepa synth", "genre": song_meta["style"],
             "stems": list(stems.values()), **song_meta}
     (staging / "data.json").write_text(json.dumps(data, indent=1))
@@ -297,12 +327,18 @@ def _check_out_dir(out: Path, marker: dict) -> None:
     path = out / MARKER
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            raise DataError(f"{path}: unreadable corpus settings; delete it or choose another --out") from None
-        diff = [k for k in marker if old.get(k) != marker[k]]
+            old = read_json(path, error=DataError)
+        except DataError as exc:
+            raise DataError(f"{exc}; unreadable corpus settings: delete it or choose another --out") from None
+        if not isinstance(old, dict):
+            raise DataError(f"{path}: unreadable corpus settings; delete it or choose another --out")
+        # a key absent from a marker is its default ("production" is written only when not "none")
+        defaults = {"production": "none"}
+        diff = [k for k in dict.fromkeys([*marker, *old])
+                if old.get(k, defaults.get(k)) != marker.get(k, defaults.get(k))]
         if diff:
-            detail = ", ".join(f"{k}: {old.get(k)!r} there, {marker[k]!r} now" for k in diff)
+            detail = ", ".join(f"{k}: {old.get(k, defaults.get(k))!r} there, {marker.get(k, defaults.get(k))!r} now"
+                               for k in diff)
             raise DataError(f"{out}: holds a synthetic corpus made with other settings ({detail}); "
                             "use the same settings to resume, or another --out")
         return
@@ -314,12 +350,15 @@ def _check_out_dir(out: Path, marker: dict) -> None:
 
 def synthesize_corpus(out_dir, n_songs: int, seconds: float = 30.0, seed: int = 0, jobs: int = 1, exclude=(),
                       require=(), layout: str = "folder", soundfont=None, sample_rate: int = SAMPLE_RATE,
-                      progress: bool = True, summary: dict | None = None) -> list[Path]:
+                      progress: bool = True, summary: dict | None = None, production: str = "none") -> list[Path]:
     """Write `n_songs` synthetic multitrack songs to `out_dir` and return their folders (in song order).
 
     `exclude`: instruments or categories (any level of a label path, case-insensitive) kept out of every song;
     `require`: every song contains at least one instrument matching one of these names. Songs already complete in
     `out_dir` are kept, not re-rendered. Songs that fail are reported (in `summary["failed"]`) and skipped.
+    `production`: "none" (dry parts on the grid in one room, the default) or "full" (see `production.py`: a feel per
+    part, an effect chain per stem, wider genres, meters and tempos; needs `pip install stemjepa[effects]`). It is
+    recorded in the corpus marker and the songs' metadata; one folder never mixes two settings.
     """
     from tqdm import tqdm
 
@@ -333,6 +372,12 @@ def synthesize_corpus(out_dir, n_songs: int, seconds: float = 30.0, seed: int = 
         raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not (8000 <= sample_rate <= 96000):
         raise ConfigError(f"--sample-rate must be between 8000 and 96000 Hz (got {sample_rate})")
+    from .production import PRODUCTIONS, require_pedalboard
+
+    if production not in PRODUCTIONS:
+        raise ConfigError(f"unknown production {production!r}; choose one of {', '.join(PRODUCTIONS)}")
+    if production == "full":
+        require_pedalboard()   # fail early, with the install hint, before any folder is made
     exclude = tuple(check_names(exclude, "--exclude-instruments"))
     require = tuple(check_names(require, "--require-instruments"))
     from .palette import instruments
@@ -349,8 +394,11 @@ def synthesize_corpus(out_dir, n_songs: int, seconds: float = 30.0, seed: int = 
     marker = {"generator": "stemjepa synth", "version": GENERATOR_VERSION, "seed": int(seed), "seconds": float(seconds),
               "sample_rate": int(sample_rate), "layout": layout, "exclude": sorted(x.lower() for x in exclude),
               "require": sorted(x.lower() for x in require), "soundfont": f"{sf2.name} ({sf2.stat().st_size} bytes)"}
+    if production != "none":
+        marker["production"] = production    # absent for "none": default corpora keep their marker byte for byte
     _check_out_dir(out, marker)
-    settings = Settings(str(out), float(seconds), int(seed), exclude, require, layout, str(sf2), int(sample_rate))
+    settings = Settings(str(out), float(seconds), int(seed), exclude, require, layout, str(sf2), int(sample_rate),
+                        production)
 
     folders = [song_folder(settings, i) for i in range(n_songs)]
     todo = [i for i in range(n_songs) if not is_complete(folders[i], layout)]

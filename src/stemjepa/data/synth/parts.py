@@ -155,6 +155,8 @@ def drum_notes(plan: SongPlan, rng: np.random.Generator, active: list[bool]) -> 
             continue
         b0, e = bar.index * plan.meter, bar.energy
         fill = fill_bars and bar.last_in_section and bar.index != last_bar and e >= 0.5
+        if plan.wide and not fill and bar.index % 4 == 3 and bar.index != last_bar:
+            fill = rng.random() < 0.35            # wide styles: short fills inside sections too
         fill_from = steps - (8 if rng.random() < 0.3 else 4) if fill else steps
         sparse = e < 0.45
         for s in g.kick:
@@ -163,6 +165,8 @@ def drum_notes(plan: SongPlan, rng: np.random.Generator, active: list[bool]) -> 
         if rng.random() < 0.15 * e:
             s = int(rng.choice([x for x in range(2, fill_from, 2) if x not in g.kick and x not in g.snare] or [0]))
             hit(s, KICK, _vel(rng, 85, e), b0)
+        if plan.wide:
+            _wide_extras(plan, rng, hit, b0, e, fill_from)
         if not sparse:
             for s in g.snare:
                 if s < fill_from:
@@ -201,6 +205,23 @@ def drum_notes(plan: SongPlan, rng: np.random.Generator, active: list[bool]) -> 
     return notes
 
 
+def _wide_extras(plan: SongPlan, rng: np.random.Generator, hit, b0: float, e: float, fill_from: int) -> None:
+    """Production "full" drums: off-grid syncopated kicks and snares, hi-hat rolls (trap) and open hats (disco)."""
+    g, steps = plan.groove, plan.meter * 4
+    free = [x for x in range(1, fill_from) if x not in g.kick and x not in g.snare]
+    for _ in range(int(rng.poisson(0.8 * e))):             # syncopation on the 16ths between the pattern's hits
+        if free:
+            hit(int(rng.choice(free)), KICK if rng.random() < 0.6 else SNARE, _vel(rng, 70, e), b0)
+    if g.style == "trap" and rng.random() < 0.6:
+        start = int(rng.choice([s for s in range(0, fill_from - 1, 2)] or [0]))
+        div = int(rng.choice([2, 3, 4]))                   # 32nds, 16th triplets or 64ths
+        for k in range(2 * div):
+            hit(start + k / div, HAT_CLOSED, _vel(rng, 60 + 25 * k / (2 * div), e), b0)
+    if g.style == "disco":
+        for s in range(2, min(steps, fill_from), 4):
+            hit(s, HAT_OPEN, _vel(rng, 70, e), b0)
+
+
 def perc_notes(plan: SongPlan, rng: np.random.Generator, inst: Instrument, active: list[bool]) -> list[Note]:
     steps, keys = plan.meter * 4, inst.keys
     name = inst.name
@@ -234,6 +255,10 @@ _BASS_STYLES = {
     "halftime": ("groove", "whole", "roots8"), "funk": ("funk", "groove"), "hiphop": ("groove", "whole"),
     "shuffle": ("walking", "root_fifth"), "bossa": ("bossa",), "ballad": ("whole", "half", "root_fifth"),
     "breakbeat": ("groove", "roots8"), "waltz": ("waltz",), "jazz_waltz": ("walking", "waltz"),
+    # the wider styles of production "full"
+    "trap": ("whole", "groove"), "one_drop": ("offbeat", "groove", "half"), "disco": ("octave", "offbeat"),
+    "punk": ("roots8",), "drum_and_bass": ("whole", "groove"), "afrobeat": ("funk", "groove"),
+    "five": ("groove", "roots8", "root_fifth"), "seven": ("groove", "roots8"),
 }
 
 
@@ -497,6 +522,9 @@ _KIT_BY_STYLE = {
     "hiphop": ("808 drum machine", "electronic drum kit", "room drum kit"),
     "breakbeat": ("electronic drum kit", "acoustic drum kit"),
     "halftime": ("808 drum machine", "rock drum kit", "electronic drum kit"),
+    "trap": ("808 drum machine", "electronic drum kit"), "one_drop": ("acoustic drum kit", "room drum kit"),
+    "disco": ("acoustic drum kit", "electronic drum kit"), "punk": ("rock drum kit", "acoustic drum kit"),
+    "drum_and_bass": ("electronic drum kit", "acoustic drum kit"), "afrobeat": ("acoustic drum kit", "room drum kit"),
 }
 
 

@@ -61,6 +61,26 @@ GROOVES: dict[str, dict] = {
 GROOVE_WEIGHTS = {"rock": 0.18, "four_floor": 0.1, "halftime": 0.08, "funk": 0.1, "hiphop": 0.1, "shuffle": 0.07,
                   "bossa": 0.07, "ballad": 0.1, "breakbeat": 0.05, "waltz": 0.09, "jazz_waltz": 0.06}
 
+# The wider song plans of production "full": more genres and meters (5/4, 7/4), each groove's tempo range widened by
+# 15 % within 60-180 BPM, tempos to a tenth of a BPM. Default plans use only GROOVES, unchanged.
+WIDE_GROOVES: dict[str, dict] = {
+    **GROOVES,
+    "trap": dict(meter=4, tempo=(128, 170), swing=(0.0, 0.08), kick=[(0, 11), (0, 3, 11), (0, 7, 10, 14)], snare=(8,),
+                 hat=16),
+    "one_drop": dict(meter=4, tempo=(62, 92), swing=(0.0, 0.2), kick=[(8,), (8, 14)], snare=(8,), hat=8),
+    "disco": dict(meter=4, tempo=(108, 130), swing=(0.0, 0.05), kick=[(0, 4, 8, 12)], snare=(4, 12), hat=16),
+    "punk": dict(meter=4, tempo=(150, 180), swing=(0.0, 0.0), kick=[(0, 8), (0, 6, 8)], snare=(4, 12), hat=8),
+    "drum_and_bass": dict(meter=4, tempo=(160, 180), swing=(0.0, 0.05), kick=[(0, 10), (0, 7, 10)], snare=(4, 12),
+                          hat=16),
+    "afrobeat": dict(meter=4, tempo=(98, 126), swing=(0.0, 0.1), kick=[(0, 6, 10), (0, 3, 8, 11)], snare=(4, 12, 14),
+                     hat=16),
+    "five": dict(meter=5, tempo=(90, 160), swing=(0.0, 0.1), kick=[(0, 6, 12), (0, 10)], snare=(4, 16), hat=8),
+    "seven": dict(meter=7, tempo=(96, 170), swing=(0.0, 0.05), kick=[(0, 8, 16), (0, 6, 16, 22)], snare=(4, 12, 24),
+                  hat=8),
+}
+WIDE_GROOVE_WEIGHTS = {**{k: 1.0 for k in GROOVES}, "rock": 1.6, "trap": 0.8, "one_drop": 0.6, "disco": 0.7,
+                       "punk": 0.6, "drum_and_bass": 0.6, "afrobeat": 0.6, "five": 0.35, "seven": 0.25}
+
 
 @dataclass(frozen=True)
 class Chord:
@@ -100,6 +120,7 @@ class SongPlan:
     swing: float              # 0: straight; 0.33: triplet shuffle (the off-beat 8th moves from 0.5 to 0.665)
     groove: Groove
     bars: list[Bar] = field(default_factory=list)
+    wide: bool = False        # production "full": the parts use the wider styles (more fills, syncopation, rolls)
 
     @property
     def key(self) -> str:
@@ -113,10 +134,11 @@ class SongPlan:
     def scale(self) -> tuple[int, ...]:
         return tuple((self.tonic + s) % 12 for s in MODES[self.mode])
 
-    def time(self, beat: float) -> float:
+    def time(self, beat: float, swing: float | None = None) -> float:
+        """Seconds of `beat`, swung by the song's swing (or by a part's own `swing`)."""
         whole = math.floor(beat)
         frac = beat - whole
-        mid = 0.5 + 0.5 * self.swing
+        mid = 0.5 + 0.5 * (self.swing if swing is None else swing)
         swung = frac * 2 * mid if frac < 0.5 else mid + (frac - 0.5) * 2 * (1 - mid)
         return self.offset + (whole + swung) * self.beat_seconds
 
@@ -161,22 +183,28 @@ def _choice(rng: np.random.Generator, weights: dict[str, float]) -> str:
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
-def plan_song(rng: np.random.Generator, seconds: float) -> SongPlan:
-    """Draw tempo, meter, key, groove, form and chords of one song."""
-    style = _choice(rng, GROOVE_WEIGHTS)
-    g = GROOVES[style]
-    tempo = float(rng.integers(g["tempo"][0], g["tempo"][1] + 1))
+def _wide_tempo(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """A tempo from the groove's range widened by 15 % each way, within 60-180 BPM, to a tenth of a BPM."""
+    return round(float(rng.uniform(max(60.0, lo * 0.85), min(180.0, hi * 1.15))), 1)
+
+
+def plan_song(rng: np.random.Generator, seconds: float, wide: bool = False) -> SongPlan:
+    """Draw tempo, meter, key, groove, form and chords of one song; `wide` (production "full") draws from the wider
+    genres, meters and tempos of WIDE_GROOVES (the default plans, and their random draws, are unchanged)."""
+    style = _choice(rng, WIDE_GROOVE_WEIGHTS if wide else GROOVE_WEIGHTS)
+    g = (WIDE_GROOVES if wide else GROOVES)[style]
+    tempo = _wide_tempo(rng, *g["tempo"]) if wide else float(rng.integers(g["tempo"][0], g["tempo"][1] + 1))
     swing = float(rng.uniform(*g["swing"])) if g["swing"][1] > 0 else 0.0
     kick = g["kick"][int(rng.integers(len(g["kick"])))]
     groove = Groove(style, tuple(kick), tuple(g["snare"]), int(g["hat"]))
-    if style == "funk" or (style == "four_floor" and rng.random() < 0.5):
+    if style in ("funk", "afrobeat") or (style in ("four_floor", "disco", "trap") and rng.random() < 0.5):
         mode_weights = {"minor": 0.4, "dorian": 0.4, "mixolydian": 0.2}
     else:
         mode_weights = MODE_WEIGHTS
     mode = _choice(rng, mode_weights)
     plan = SongPlan(tempo=tempo, meter=int(g["meter"]), tonic=int(rng.integers(12)), mode=mode,
                     offset=round(float(rng.uniform(0.0, 0.3)), 3), seconds=float(seconds), swing=round(swing, 3),
-                    groove=groove)
+                    groove=groove, wide=wide)
     bar_seconds = plan.meter * plan.beat_seconds
     n_bars = int(math.ceil((seconds - plan.offset) / bar_seconds)) + 1
     seventh = rng.random() < (0.7 if style in ("shuffle", "bossa", "jazz_waltz", "funk") else 0.25)
