@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fluidsynth libfluidsynth3 ffmpeg libsndfile1 chromium fonts-dejavu-core
 STAMP := $(VENV)/.installed
 
-.PHONY: install system demo test lint clean
+# General-MIDI soundfonts of Debian for the corpus and the generalisation benchmark (not needed by demo or test)
+SOUNDFONT_PACKAGES := fluid-soundfont-gm fluidr3mono-gm-soundfont musescore-general-soundfont-small musescore-general-soundfont \
+	csound-soundfont opl3-soundfont
+
+.PHONY: install system soundfonts demo test lint clean
 
 system:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -15,6 +19,11 @@ system:
 	    export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	  else echo "warning: missing system packages:$$missing (run 'make system' as root)"; fi; \
 	fi
+
+soundfonts:
+	@if [ "$$(id -u)" = 0 ]; then export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends $(SOUNDFONT_PACKAGES); \
+	else echo "run as root: apt-get install $(SOUNDFONT_PACKAGES)"; fi
 
 $(STAMP): pyproject.toml
 	$(MAKE) system

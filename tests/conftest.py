@@ -10,6 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `--precision auto` picks bf16 on CPUs with native bf16 (AVX512-BF16/AMX) and fp32 elsewhere: the suite runs in fp32 on
+# every machine so that its tolerances do not depend on the CPU (bf16 paths are tested explicitly in test_precision.py)
+os.environ.setdefault("STEMJEPA_CPU_BF16", "0")
 
 from toy import write_toy_corpus  # noqa: E402
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from test_search_fakes import FakeModel, write_songs
 
 from stemjepa.search import StemIndex, build_index
@@ -31,7 +32,19 @@ def test_old_index_opens_and_finds_the_held_out_bass(tmp_path):
             assert best[0].cosine > 0.99 > best[1].cosine
 
 
-def test_old_index_takes_an_update(tmp_path):
+@pytest.fixture
+def old_root_files():
+    """The fixture's stems where it says they are (its rows hold absolute paths under OLD_ROOT): without them an update
+    rightly removes the 15 old rows as deleted files, which is not what this test is about. Removed again if made here."""
+    root = Path(OLD_ROOT)
+    made = not root.exists()
+    write_songs(root)
+    yield root
+    if made:
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+def test_old_index_takes_an_update(tmp_path, old_root_files):
     out = old_index(tmp_path)
     root = tmp_path / "stems"
     songs = write_songs(root)
