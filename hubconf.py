@@ -5,7 +5,12 @@
     model = torch.hub.load("/path/to/stemjepa", "stemjepa", "stemjepa-tiny-synth-v1", source="local", device="cpu")
     model = torch.hub.load("/path/to/stemjepa", "stemjepa", "runs/p2/checkpoints/last.ckpt", source="local")
 
-The weights are read from the repository's `src/stemjepa/weights/` (safetensors; nothing is downloaded).
+The weights are read from the repository's `src/stemjepa/weights/` (safetensors; nothing is downloaded). Audio arrays are
+given with their sample rate; they are resampled to the model's 16 kHz and down-mixed (a 2-D array without a rate, or of
+ambiguous layout, is refused; a 1-D array without one is taken to be mono 16 kHz):
+
+    model.embed(wave, sample_rate=48000).vector            # (N,), (channels, N) or (N, channels)
+    model.query(mix, "bass", sample_rate=44100).vector
 """
 import os
 import sys
@@ -19,7 +24,8 @@ if _SRC not in sys.path:
 
 def stemjepa(name="default", device=None, pretrained=True):
     """A StemJEPA model: `name` is a built-in model name or alias (`stemjepa models`), a .safetensors export or a .ckpt
-    checkpoint. pretrained=False: the same architecture with freshly initialised weights (from the model's config)."""
+    checkpoint. pretrained=False: the same architecture with freshly initialised weights (from the model's config).
+    Embed with `model.embed(wave, sample_rate=sr)` / `model.query(mix, label, sample_rate=sr)` (module docstring)."""
     from stemjepa.models.registry import load_model
 
     model = load_model(name, device="cpu" if not pretrained else device)

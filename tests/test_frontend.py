@@ -54,3 +54,30 @@ def test_load_audio_errors_name_the_file(tmp_path):
         load_audio(bad)
     with pytest.raises(AudioError, match="not found"):
         load_audio(tmp_path / "missing.flac")
+
+
+@pytest.mark.parametrize("stream", [None, 0], ids=["libsndfile", "ffmpeg"])
+def test_block_wise_decoding_equals_decoding_the_whole_file(tmp_path, monkeypatch, stream):
+    """Blocks are down-mixed and resampled one at a time (soxr's streaming resampler): the same samples as one whole read."""
+    from stemjepa.audio import decode
+    from stemjepa.audio.io import resample
+
+    sr = 44100
+    stereo = (0.3 * np.random.default_rng(0).standard_normal((int(2.3 * sr), 2))).astype(np.float32)
+    path = tmp_path / "noise.wav"
+    sf.write(path, stereo, sr, subtype="FLOAT")
+    monkeypatch.setattr(decode, "BLOCK_SAMPLES", 1000)  # hundreds of blocks
+    np.testing.assert_allclose(load_audio(path, 16000, stream=stream), resample(stereo.mean(axis=1), sr, 16000), atol=1e-6)
+    native = load_audio(path, None, mono=False, stream=stream)
+    assert native.shape == (2, len(stereo)) and native.flags.c_contiguous
+    np.testing.assert_array_equal(native, stereo.T)
+
+
+def test_save_audio_writes_atomically_and_round_trips(tmp_path):
+    from stemjepa.audio.io import save_audio
+
+    wave = np.stack([np.linspace(-0.5, 0.5, 1600), np.linspace(0.5, -0.5, 1600)]).astype(np.float32)
+    save_audio(tmp_path / "out" / "x.wav", wave, 16000, subtype="FLOAT")
+    data, sr = sf.read(tmp_path / "out" / "x.wav", dtype="float32", always_2d=True)
+    assert sr == 16000 and np.array_equal(data.T, wave)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.wav"]  # no temporary file left

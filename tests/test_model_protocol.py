@@ -24,8 +24,11 @@ def tiny(config: str, *overrides: str, classes=None) -> StemJEPA:
 
 
 def same_signature(model, name: str) -> bool:
+    """The protocol's parameters, in order, with its defaults; a model may add keyword-only options (StemJEPA's
+    `sample_rate`) that callers of the protocol never pass."""
     want = inspect.signature(getattr(EmbeddingModel, name)).parameters
     got = inspect.signature(getattr(type(model), name)).parameters
+    got = {k: p for k, p in got.items() if k in want or p.kind is not p.KEYWORD_ONLY or p.default is p.empty}
     return [(p.name, p.default) for p in got.values()] == [(p.name, p.default) for p in want.values()]
 
 

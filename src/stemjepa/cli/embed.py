@@ -8,7 +8,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("embed", help="embed audio files (one mean-pooled vector per file)")
     p.add_argument("files", nargs="+", help="audio files")
     add_model_option(p)
-    p.add_argument("--out", help="save the (n_files, d) array to this .npy file instead of printing")
+    p.add_argument("--out", help="save the (n_files, d) array to this .npy file instead of printing, with the list of its "
+                                 "files beside it (OUT.files.json: row i of the array is files[i]; files that failed are "
+                                 "listed under 'skipped', not in the array); exit status 1 when a file failed")
     p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="audio chunks per forward pass, shared across files (default 16)")
@@ -25,7 +27,16 @@ def add_precision_option(p) -> None:
                         "Arm BF16), fp32 on other CPUs; fp16 on CUDA only (default auto)")
 
 
+def files_list_path(out):
+    """The file list written beside an `embed --out` array: x.npy -> x.files.json."""
+    from pathlib import Path
+
+    out = Path(out)
+    return out.with_name(out.name[: -len(".npy")] + ".files.json" if out.name.endswith(".npy") else out.name + ".files.json")
+
+
 def run(args) -> int:
+    import json
     from pathlib import Path
 
     import numpy as np
@@ -33,14 +44,16 @@ def run(args) -> int:
     from ..audio.io import load_audio
     from ..audio.quality import check_embeddable, check_finite_embedding
     from ..errors import StemJepaError
-    from ..fsutil import atomic_write
+    from ..fsutil import atomic_write, atomic_write_text
     from ..models import load_model
 
-    out = None
+    out = listing = None
     if args.out:
         out = Path(args.out) if args.out.endswith(".npy") else Path(args.out + ".npy")  # np.save appends .npy
-        if out.exists():
-            raise StemJepaError(f"{out}: exists already; choose another --out")
+        listing = files_list_path(out)
+        for p in (out, listing):
+            if p.exists():
+                raise StemJepaError(f"{p}: exists already; choose another --out")
         if not out.parent.is_dir():
             raise StemJepaError(f"{out.parent}: folder not found (for --out {out})")
     model = load_model(args.model, device=args.device)
@@ -60,7 +73,7 @@ def run(args) -> int:
                 wave = fut.result()
             except StemJepaError as exc:
                 print(f"warning: skipped {exc}")
-                failed.append(path)
+                failed.append((path, str(exc)))
                 continue
             decoded.append(path)
             yield wave
@@ -72,14 +85,22 @@ def run(args) -> int:
             check_finite_embedding(emb.vector, path)
         except StemJepaError as exc:
             print(f"warning: skipped {exc}")
-            failed.append(path)
+            failed.append((path, str(exc)))
             continue
         vectors.append((path, emb.vector))
     if not vectors:
         raise StemJepaError("no file could be embedded")
     if out is not None:
         atomic_write(out, lambda fh: np.save(fh, np.stack([v for _, v in vectors])))  # never a half-written file
-        print(f"saved {len(vectors)} embeddings of dimension {vectors[0][1].shape[0]} to {out}")
+        doc = {"array": out.name, "model_id": str(model.model_id), "files": [str(p) for p, _ in vectors],
+               "skipped": [{"file": str(p), "reason": r} for p, r in failed]}
+        try:
+            atomic_write_text(listing, json.dumps(doc, indent=1) + "\n")
+        except StemJepaError:
+            out.unlink(missing_ok=True)  # an array without its file list is not left behind
+            raise
+        print(f"saved {len(vectors)} embeddings of dimension {vectors[0][1].shape[0]} to {out}, their files in "
+              f"{listing}" + (f"; {len(failed)} file(s) failed and are in neither" if failed else ""))
     else:
         np.set_printoptions(precision=4, suppress=True, linewidth=120, threshold=12)
         for path, v in vectors:

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 DESCRIPTION = """\
-Linear-probe beat tracking on the frozen encoder: one vector per 160 ms patch (frequency tokens concatenated), 8 linear
-heads per vector (50 fps activation), BCE with label widening, madmom DBN decoding (peak picking when madmom is
+Linear-probe beat tracking on the frozen encoder: one vector per time patch of the model (160 ms for the paper's and the
+default model; frequency tokens concatenated), 8 linear heads per vector (8 frames per patch: 50 fps with 160 ms patches),
+BCE with label widening, madmom DBN decoding (peak picking when madmom is
 missing), mir_eval F-measure / CMLt / AMLt (beats before 5 s ignored, +-70 ms window), k-fold cross-validation over the
 training datasets, every fold's probe also scored on each held-out --test dataset.
 
@@ -43,7 +44,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--random-init", action="store_true",
                    help="baseline: re-initialise the encoder's weights at random (same architecture) before probing")
     p.add_argument("--seed", type=int, default=0, help="fold assignment, probe init and --random-init seed")
-    p.add_argument("--chunk-batch", type=int, default=8, help="8 s chunks per encoder call")
+    p.add_argument("--chunk-batch", type=int, default=8,
+                   help="model chunks per encoder call (one chunk is the model's input length: 4 s for the default "
+                        "model, 8 s for the paper's)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: OUT/features); safe to share between runs")
     p.add_argument("--no-cache", action="store_true", help="keep features in memory only")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/metrics.json")

@@ -8,9 +8,11 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "query", help="find the stems of an index that fit a mix (e.g. which bass fits this song without bass)",
         description="Embed each MIX, predict the embedding of the missing INSTRUMENT, and list the k closest stems of "
-                    "the index, with the offset (seconds) of the best-matching 8 s chunk in each. score: standard "
+                    "the index, with the offset (seconds) of the best-matching chunk of the model in each (one chunk: "
+                    "the model's input length, 4 s for the default model, 8 s for the paper's). score: standard "
                     "deviations above the library's average stem for this query; pct: share of the library ranked "
-                    "below; cosine: the raw cosine (also in --json).")
+                    "below; cosine: the raw cosine (also in --json). A mix that cannot be used is reported and the "
+                    "others are answered (exit status 2 at the end).")
     p.add_argument("mixes", nargs="+", metavar="MIX", help="audio file(s) of the mix lacking the stem you look for")
     p.add_argument("--instrument", required=True, help='what to look for, free text (e.g. "bass", "acoustic guitar")')
     p.add_argument("--index", required=True, help="index folder made by `stemjepa index`")
@@ -21,7 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--export", metavar="DIR", default=None,
                    help="also write each candidate as a WAV aligned to the mix (the mix's length and sample rate, "
                         "from the matched offset, looped or trimmed) plus results.json into DIR (one sub-folder per "
-                        "mix when there are several)")
+                        "mix when there are several). A mix too large to hold at its own rate is exported as 2 channels "
+                        "at 48 kHz at most. A failed write (disk full) removes what this command exported")
     p.add_argument("--overwrite", action="store_true", help="with --export: replace files of the same names")
     from .embed import add_precision_option
 
@@ -57,14 +60,22 @@ def run(args) -> int:
     if args.export:
         from pathlib import Path
 
-        from ..search.export import export_candidates, safe_name
+        from ..search.export import export_candidates, remove_created, safe_name
 
+        created: list = []  # everything this command exported: removed again if a later write fails (a full disk)
+        done = []
         for i, (name, res) in enumerate(zip(names, results)):
             folder = Path(args.export)
             if len(args.mixes) > 1:
                 folder = folder / f"{i + 1:02d}_{safe_name(Path(name).stem)}"
-            export_candidates(name, instrument, res, folder, overwrite=args.overwrite)
-            print(f"exported {len(res)} aligned candidates and results.json to {folder}", file=sys.stderr)
+            try:
+                export_candidates(name, instrument, res, folder, overwrite=args.overwrite, created=created)
+            except StemJepaError:
+                remove_created(created)
+                raise
+            done.append(f"exported {len(res)} aligned candidates and results.json to {folder}")
+        for line in done:  # only once every export is complete
+            print(line, file=sys.stderr)
     if args.json:
         out = [{"mix": name, "instrument": instrument, "results": [r.to_dict() for r in res]}
                for name, res in zip(names, results)]

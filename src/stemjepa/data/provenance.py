@@ -26,7 +26,7 @@ def song_identity(dataset: str | None, song_id: str, meta: dict | None = None, s
     if family(dataset) != "folder":
         return str(song_id)
     blob = json.dumps(meta or {}, sort_keys=True, default=str) + "|" + "|".join(sorted(Path(str(f)).name for f in stem_files))
-    return f"{song_id}#{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    return f"{song_id}#{hashlib.sha256(blob.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
 
 
 def record_identity(record: dict) -> tuple[str, str]:

@@ -2,7 +2,7 @@
 a fixed plot) does not re-encode audio. Not the training cache (`stemjepa.data.training_cache`, decoded audio).
 
 Layout: CACHE_DIR/<model_id>/<dataset>-<split>/<song key>.npz holding the song's fingerprint (its stem files' paths,
-sizes and mtimes and the silence threshold), the status of each stem ("ok", "silent" or "unreadable"), the reference
+sizes and mtimes and the silence threshold), the status of each stem ("ok", "silent" or "unreadable: <why>"), the reference
 (pool) vector of every usable stem and the query vectors computed so far, keyed by (stem, text the query was conditioned
 on). A stale fingerprint means the entry is ignored and rewritten. Files are written with `fsutil.atomic_write`.
 """
@@ -22,29 +22,34 @@ from ..fsutil import atomic_write
 CACHE_VERSION = 1
 
 
+def _bytes(text: str) -> bytes:
+    """UTF-8, keeping the lone surrogates that stand for undecodable bytes of a file name (hashing must not fail on them)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def song_fingerprint(song: Song, extra: str = "") -> str:
     """Hash of what the song's embeddings depend on: its stem files (path, size, mtime, stream) and `extra`."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{extra}".encode())
+    h = hashlib.sha256(_bytes(f"v{CACHE_VERSION}|{extra}"))
     for stem in song.stems:
         try:
             st = os.stat(stem.path)
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a name no file can have (a NUL byte); the stem is reported unreadable
             stamp = "missing"
-        h.update(f"|{stem.name}|{stem.path}|{stem.stream}|{stamp}".encode())
+        h.update(_bytes(f"|{stem.name}|{stem.path}|{stem.stream}|{stamp}"))
     return h.hexdigest()[:32]
 
 
 def _safe(name: str) -> str:
     """A file-name-safe key; a hash suffix keeps distinct names distinct after sanitising."""
     clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
-    return f"{clean}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f"{clean}-{hashlib.sha1(_bytes(name)).hexdigest()[:8]}"
 
 
 @dataclass
 class SongEntry:
     fingerprint: str
-    status: dict[str, str] = field(default_factory=dict)  # stem key -> "ok" | "silent" | "unreadable"
+    status: dict[str, str] = field(default_factory=dict)  # stem key -> "ok" | "silent" | "unreadable: <reason>"
     pool: dict[str, np.ndarray] = field(default_factory=dict)
     queries: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # empty vector: the mix was silent
 

@@ -12,8 +12,9 @@ The default pool is Table I's: every track of MUSDB18 / MUSDB18-HQ (150) and of 
 trained on other data; a checkpoint that was trained on some of the evaluated songs is reported (and refused with `strict`).
 
 Exclusions, counted in metrics.json: stems silent over the whole track (neither in the pool nor queried), and
-queries whose mix of other stems is silent (the stem stays in the pool). Songs or stems that cannot be decoded are
-skipped and listed.
+queries whose mix of other stems is silent (the stem stays in the pool). Songs or stems that cannot be decoded or used
+(a bad file name, absurd sample values, an embedding that overflows) are skipped and listed with the reason
+(`skipped`, `skipped_stems`); the run goes on.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE
 from ..data.multitrack import UNLABELLED, Song, Stem, load_song
 from ..data.training_cache import frame_rms_db
-from ..errors import DataError, StemJepaError
+from ..errors import DataError, StemJepaError, printable
 from ..fsutil import atomic_write_csv, atomic_write_text
 from . import analysis, metrics
 from .embedding_cache import EmbeddingCache, SongEntry, song_fingerprint
@@ -38,6 +39,7 @@ from .report import upgrade_record
 log = logging.getLogger(__name__)
 
 SILENCE_DB = -60.0
+UNREADABLE = "unreadable"  # a stem's status when it cannot be used, followed by ": <why>" (the reason is cached with it)
 QUERY_GROUP = 8  # query mixes passed to the model at once
 OUTPUT_FILES = ("metrics.json", "rankings.csv", "analysis.csv", "fig2.png", "report.md")
 MUSDB_LABEL_MAP = {"other": UNLABELLED}  # the paper conditions MUSDB's "other" stem on "music"
@@ -130,6 +132,7 @@ class Corpus:
     n_unreadable: int = 0
     n_songs: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_stems: list[tuple[str, str, str]] = field(default_factory=list)  # (song, stem, reason): unreadable stems
     n_cached_songs: int = 0
 
 
@@ -170,8 +173,8 @@ def encode_corpus(
                 entry = _encode_song(model, song, keys, texts, entry or SongEntry(fingerprint), sr, silence_db,
                                      reference_encoder)
             except StemJepaError as exc:
-                log.warning("skipping song %s: %s", song.id, exc)
-                corpus.skipped.append((song.id, str(exc)))
+                log.warning("skipping song %s: %s", printable(song.id), exc)
+                corpus.skipped.append((printable(song.id), str(exc)))
                 continue
             cache.save(song.id, entry)
         else:
@@ -186,10 +189,9 @@ def _encode_song(model, song: Song, keys, labels, entry: SongEntry, sr: int, sil
     # load_song drops unreadable stems; map the kept ones back to their position in song.stems
     kept_ids = {id(s) for s in loaded.stems}
     positions = [i for i, s in enumerate(song.stems) if id(s) in kept_ids]
-    for name, reason in loaded.skipped:
-        log.warning("song %s: stem %s skipped: %s", song.id, name, reason)
+    reasons = iter(reason for _, reason in loaded.skipped)  # in the order of song.stems, like the unread positions
     audio = loaded.audio
-    status = {keys[i]: "unreadable" for i in range(len(song.stems)) if i not in positions}
+    status = {keys[i]: f"{UNREADABLE}: {next(reasons, 'unreadable')}" for i in range(len(song.stems)) if i not in positions}
     for row, i in enumerate(positions):
         status[keys[i]] = "silent" if is_silent(audio[row], sr, silence_db) else "ok"
     entry.status = status
@@ -198,7 +200,10 @@ def _encode_song(model, song: Song, keys, labels, entry: SongEntry, sr: int, sil
         waves = [audio[row] for row, _ in todo_pool]
         vecs = _vectors(model.embed_many(waves, target=reference_encoder == "target"))
         for (_, i), v in zip(todo_pool, vecs):
-            entry.pool[keys[i]] = v
+            if np.all(np.isfinite(v)):
+                entry.pool[keys[i]] = v
+            else:  # an overflow in the model: this stem is reported and left out, the others go on
+                status[keys[i]] = f"{UNREADABLE}: the model returned NaN or infinite values for this stem"
     todo_query = []
     for row, i in enumerate(positions):
         if status[keys[i]] != "ok" or (keys[i], labels[i]) in entry.queries:
@@ -217,6 +222,9 @@ def _encode_song(model, song: Song, keys, labels, entry: SongEntry, sr: int, sil
         if mixes:
             vecs = _vectors(model.query_many(mixes, [labels[i] for i in mix_rows]))
             for i, v in zip(mix_rows, vecs):
+                if not np.all(np.isfinite(v)):
+                    raise StemJepaError(f"song {song.id!r}: the model returned NaN or infinite values for the mix of the "
+                                        f"stems other than {song.stems[i].name!r}")
                 entry.queries[(keys[i], labels[i])] = v
     return entry
 
@@ -225,15 +233,19 @@ def _add_song(corpus: Corpus, song: Song, keys, labels, entry: SongEntry, texts=
     track = corpus.n_songs
     corpus.n_songs += 1
     for i, stem in enumerate(song.stems):
-        state = entry.status.get(keys[i], "unreadable")
+        state = entry.status.get(keys[i], UNREADABLE)
         if state != "ok":
             if state == "silent":
                 corpus.n_silent_excluded += 1
             else:
                 corpus.n_unreadable += 1
+                reason = state.partition(": ")[2] or "unreadable"
+                log.warning("song %s: stem %s skipped: %s", printable(song.id), printable(stem.name), reason)
+                corpus.skipped_stems.append((printable(song.id), printable(stem.name), reason))
             continue
         target = len(corpus.items)
-        corpus.items.append(PoolItem(song.id, stem.name, stem.fine, stem.coarse, track))
+        # names as printed and written to the CSV files: a NUL, a newline or undecodable bytes escaped
+        corpus.items.append(PoolItem(printable(song.id), printable(stem.name), stem.fine, stem.coarse, track))
         corpus.pool.append(entry.pool[keys[i]])
         q = entry.queries[(keys[i], (texts or labels)[i])]
         if q.size == 0:
@@ -440,6 +452,7 @@ def evaluate_retrieval(
         "n_stems_unreadable": corpus.n_unreadable,
         "n_songs_from_cache": corpus.n_cached_songs,
         "skipped": [{"song": s, "reason": r} for s, r in corpus.skipped],
+        "skipped_stems": [{"song": s, "stem": t, "reason": r} for s, t, r in corpus.skipped_stems],
         "tie_rule": "pessimistic: pool items as similar as the target rank before it",
         "seconds": round(seconds, 3),
     }

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..audio.io import array_to_mono
 from .precision import autocast, check_precision, precision_name, resolve_precision
 
 
@@ -145,10 +146,12 @@ class InferenceMixin:
         return torch.einsum("bftd,bt->bd", z, mask.to(z.dtype)).cpu().numpy()
 
     def iter_tracks(self, waves: Iterable[np.ndarray], labels: Iterable[str] | None = None, batch_size: int = 16,
-                    target: bool = True, precision: str | None = None) -> Iterator[TrackEmbedding]:
+                    target: bool = True, precision: str | None = None, *,
+                    sample_rate: int | None = None) -> Iterator[TrackEmbedding]:
         """TrackEmbeddings of `waves` in order, streamed: chunks of consecutive tracks fill batches of `batch_size`
         chunks, and each track is yielded once its last chunk is done. `waves` may be a lazy iterator (decoding in
-        other threads); `labels` (one per wave) make these query embeddings (predictor, or the mix embedding)."""
+        other threads); `labels` (one per wave) make these query embeddings (predictor, or the mix embedding).
+        Each wave is checked and converted by `stemjepa.audio.io.array_to_mono` (see `embed_many`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         dtype = self.autocast_dtype(precision)
@@ -185,11 +188,11 @@ class InferenceMixin:
                 )
 
         label_iter = iter(labels) if is_query else itertools.repeat(None)
-        for wave in waves:
+        for i, wave in enumerate(waves):
             label = next(label_iter, None)
             if is_query and label is None:
                 raise ValueError("iter_tracks needs one label per wave")
-            wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+            wave = array_to_mono(wave, sample_rate, self.sample_rate, f"{'mixes' if is_query else 'waves'}[{i}]")
             track = _Track(len(wave), cs, ps, d)
             pending.append(track)
             for j in range(track.n):
@@ -208,25 +211,38 @@ class InferenceMixin:
             run_batch()
         yield from finished()
 
-    def _tracks(self, waves: list[np.ndarray], labels: list[str] | None, batch_size: int, target: bool = True,
-                precision: str | None = None) -> list[TrackEmbedding]:
-        return list(self.iter_tracks(waves, labels, batch_size, target, precision))
+    def _tracks(self, waves: list, labels: list[str] | None, batch_size: int, target: bool = True,
+                precision: str | None = None, sample_rate: int | None = None) -> list[TrackEmbedding]:
+        return list(self.iter_tracks(waves, labels, batch_size, target, precision, sample_rate=sample_rate))
 
     def embed_many(self, waves: Sequence[np.ndarray], batch_size: int = 16, target: bool = True,
-                   precision: str | None = None) -> list[TrackEmbedding]:
+                   precision: str | None = None, *, sample_rate: int | None = None) -> list[TrackEmbedding]:
         """Reference embeddings of isolated stems (target encoder when the model has one; the context encoder if not
-        `target`). Chunks of all the waves share batches of `batch_size`; `precision` overrides the model's."""
-        return self._tracks(list(waves), None, batch_size, target, precision)
+        `target`). Chunks of all the waves share batches of `batch_size`; `precision` overrides the model's.
 
-    def embed(self, wave: np.ndarray, batch_size: int = 16, precision: str | None = None) -> TrackEmbedding:
-        return self.embed_many([wave], batch_size, precision=precision)[0]
+        Input: numpy arrays (N,) mono, or 2-D (channels, N) / (N, channels) (the short axis is the channel axis, at most
+        64 channels; a square or otherwise ambiguous shape is refused). `sample_rate` is the rate of the arrays: they are
+        resampled to `self.sample_rate` (16 kHz) and down-mixed to mono. It is REQUIRED for 2-D arrays; 1-D arrays
+        without it are taken to be at 16 kHz already (pass it whenever they are not: nothing in the samples tells).
+        NaN, infinite or absurd values (beyond +60 dBFS) are refused. Errors: AudioError (a StemJepaError) naming the
+        array (`waves[i]`).
+        """
+        return self._tracks(list(waves), None, batch_size, target, precision, sample_rate)
+
+    def embed(self, wave: np.ndarray, batch_size: int = 16, precision: str | None = None, *,
+              sample_rate: int | None = None) -> TrackEmbedding:
+        """The reference embedding of one stem: `model.embed(wave, sample_rate=sr)`; input rules of `embed_many`."""
+        return self.embed_many([wave], batch_size, precision=precision, sample_rate=sample_rate)[0]
 
     def query_many(self, mixes: Sequence[np.ndarray], labels: Sequence[str], batch_size: int = 16,
-                   precision: str | None = None) -> list[TrackEmbedding]:
-        """Predicted target embeddings for mixes conditioned on instrument labels (the mix embedding without a predictor)."""
+                   precision: str | None = None, *, sample_rate: int | None = None) -> list[TrackEmbedding]:
+        """Predicted target embeddings for mixes conditioned on instrument labels (the mix embedding without a predictor).
+        Input rules (arrays, `sample_rate`) of `embed_many`."""
         if len(mixes) != len(labels):
             raise ValueError("query_many needs one label per mix")
-        return self._tracks(list(mixes), list(labels), batch_size, precision=precision)
+        return self._tracks(list(mixes), list(labels), batch_size, precision=precision, sample_rate=sample_rate)
 
-    def query(self, mix: np.ndarray, label: str, batch_size: int = 16, precision: str | None = None) -> TrackEmbedding:
-        return self.query_many([mix], [label], batch_size, precision=precision)[0]
+    def query(self, mix: np.ndarray, label: str, batch_size: int = 16, precision: str | None = None, *,
+              sample_rate: int | None = None) -> TrackEmbedding:
+        """The predicted embedding of the `label` stem missing from `mix`: `model.query(mix, "bass", sample_rate=sr)`."""
+        return self.query_many([mix], [label], batch_size, precision=precision, sample_rate=sample_rate)[0]

@@ -7,39 +7,31 @@ exactly the mix's length. The candidate keeps its own channel count.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
-from ..audio.io import load_audio, resample, save_audio
+from ..audio.io import load_playback, probe, resample, save_audio
 from ..errors import AudioError, StemJepaError
-from ..fsutil import atomic_write_text
+from ..fsutil import WriteError, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SUBTYPE = "PCM_24"  # what DAWs read everywhere; more headroom than 16 bits for stems mixed later
 
 
 def native_rate(path) -> int:
-    """The sample rate an audio file is stored at (from its header)."""
-    import soundfile as sf
-
-    try:
-        return int(sf.info(str(path)).samplerate)
-    except Exception:  # noqa: BLE001 - not a libsndfile format: ask FFmpeg
-        import av
-
-        try:
-            with av.open(str(path)) as c:
-                st = c.streams.audio[0]
-                return int(st.rate or st.codec_context.sample_rate)
-        except Exception as exc:  # noqa: BLE001
-            raise AudioError(path, f"cannot read the audio header ({type(exc).__name__}: {exc})") from None
+    """The sample rate an audio file is stored at (from its header, nothing decoded)."""
+    return probe(path).sample_rate
 
 
 def load_native(path) -> tuple[np.ndarray, int]:
-    """(float32 (channels, frames), sample rate) of an audio file as it is stored (no downmix, no resampling)."""
-    wave = load_audio(path, sample_rate=None, mono=False)
-    return wave, native_rate(path)
+    """(float32 (channels, frames), sample rate) of an audio file for playback and export: as stored (no downmix, no
+    resampling) when it fits the playback budget, else down-mixed to 2 channels (then mono) at 48 kHz at most
+    (`stemjepa.audio.io.load_playback`): the rate returned is the one of the array."""
+    return load_playback(path)
 
 
 def align(candidate: np.ndarray, candidate_sr: int, offset: float, frames: int, sample_rate: int) -> np.ndarray:
@@ -91,10 +83,14 @@ def candidate_file_name(rank: int, path: str) -> str:
     return f"{rank:02d}_{safe_name(p.parent.name + '-' + p.stem if p.parent.name else p.stem)}.wav"
 
 
-def export_candidates(mix_path, instrument: str, results: list, out_dir, overwrite: bool = False) -> Path:
+def export_candidates(mix_path, instrument: str, results: list, out_dir, overwrite: bool = False,
+                      created: list | None = None) -> Path:
     """Write each result as a WAV aligned to the mix (its length and rate) plus `results.json` into `out_dir`.
 
-    Existing files of the same names are refused unless `overwrite`; other files in the folder are left alone.
+    Existing files of the same names are refused unless `overwrite`; other files in the folder are left alone. A candidate
+    that cannot be read is skipped (a warning, and its error in results.json). Every file and folder this call creates is
+    appended to `created`; when a write fails (a full disk: WriteError naming the path) they are removed again, so
+    nothing half-done blocks the re-run.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -106,14 +102,52 @@ def export_candidates(mix_path, instrument: str, results: list, out_dir, overwri
                             "--overwrite")
     mix, sr = load_native(mix_path)
     frames = mix.shape[1]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for r, name in zip(results, names):
-        cand, cand_sr = load_native(r.path)
-        save_audio(out_dir / name, align(cand, cand_sr, r.offset, frames, sr), sr, subtype=SUBTYPE)
-        entries.append({**r.to_dict(), "file": name})
-    doc = {"mix": str(mix_path), "instrument": instrument, "sample_rate": sr, "frames": frames,
-           "seconds": frames / sr, "alignment": "candidate from its offset at mix time 0, looped or trimmed to the mix",
-           "results": entries}
-    atomic_write_text(out_dir / "results.json", json.dumps(doc, indent=1))
+    del mix
+    mine: list[Path] = []
+    try:
+        new = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(out_dir, exc) from None
+        mine.extend(reversed(new))
+        entries = []
+        for r, name in zip(results, names):
+            try:
+                cand, cand_sr = load_native(r.path)
+            except AudioError as exc:
+                log.warning("export: candidate %d skipped: %s", r.rank, exc)
+                entries.append({**r.to_dict(), "file": None, "error": str(exc)})
+                continue
+            aligned = align(cand, cand_sr, r.offset, frames, sr)
+            del cand
+            _write_new(out_dir / name, mine, lambda p, a=aligned: save_audio(p, a, sr, subtype=SUBTYPE))
+            del aligned
+            entries.append({**r.to_dict(), "file": name})
+        doc = {"mix": str(mix_path), "instrument": instrument, "sample_rate": sr, "frames": frames,
+               "seconds": frames / sr, "alignment": "candidate from its offset at mix time 0, looped or trimmed to the mix",
+               "results": entries}
+        _write_new(out_dir / "results.json", mine, lambda p: atomic_write_text(p, json.dumps(doc, indent=1)))
+    except StemJepaError:
+        remove_created(mine)
+        raise
+    if created is not None:
+        created.extend(mine)
     return out_dir
+
+
+def _write_new(path: Path, created: list, write) -> None:
+    existed = path.exists()
+    write(path)
+    if not existed:
+        created.append(path)
+
+
+def remove_created(paths: list) -> None:
+    """Remove files and (empty) folders an export created, newest first; what cannot be removed is left alone."""
+    for p in reversed(paths):
+        try:
+            p.rmdir() if p.is_dir() else p.unlink()
+        except OSError:
+            pass
+    paths.clear()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio.io import AUDIO_EXTENSIONS, is_audio_file, load_audio
+from ..audio.io import AUDIO_EXTENSIONS, array_to_mono, is_audio_file, load_audio
 from ..errors import AudioError, StemJepaError
 
 MIN_QUERY_SECONDS = 1.0  # shorter mixes hold too few patches (6 of 0.16 s) for a meaningful embedding
@@ -32,8 +32,10 @@ def check_instrument(text) -> str:
 def load_query(mix, sample_rate: int, name: str | None = None) -> tuple[np.ndarray, str]:
     """(mono float32 wave at `sample_rate`, display name) for a mix given as a path or a numpy array.
 
-    Arrays are taken to be at `sample_rate` already, shaped (N,) or (channels, N). Raises AudioError naming the mix
-    when it is missing, undecodable, in an unknown format, shorter than MIN_QUERY_SECONDS, or silent.
+    Arrays are taken to be at `sample_rate` already, shaped (N,), (channels, N) or (N, channels)
+    (`stemjepa.audio.io.array_to_mono`). Raises AudioError naming the mix when it is missing, undecodable, in an unknown
+    format, too large to decode (`stemjepa.audio.io.check_decoded_size`), holding NaN or absurd sample values (beyond
+    +60 dBFS: not audio), shorter than MIN_QUERY_SECONDS, or silent.
     """
     if isinstance(mix, (str, Path)):
         path = Path(mix)
@@ -44,21 +46,12 @@ def load_query(mix, sample_rate: int, name: str | None = None) -> tuple[np.ndarr
             if path.is_file() and not is_audio_file(path):
                 raise AudioError(path, f"unknown audio format {path.suffix or '(no extension)'!r} and not decodable "
                                        f"(known: {', '.join(AUDIO_EXTENSIONS)})") from None
-            if path.is_file() and "decode" in exc.problem:
+            if path.is_file() and exc.problem.startswith("cannot decode"):
                 raise AudioError(path, f"corrupt or unreadable audio ({exc.problem})") from None
             raise
     else:
         name = name or "<array>"
-        wave = np.asarray(mix)
-        if wave.dtype.kind not in "fiu":
-            raise AudioError(name, f"a mix array must hold numbers, got dtype {wave.dtype}")
-        if wave.ndim == 2:
-            wave = wave.mean(axis=0)  # (channels, N)
-        if wave.ndim != 1:
-            raise AudioError(name, f"a mix array must be (N,) or (channels, N), got shape {tuple(np.shape(mix))}")
-        wave = wave.astype(np.float32)
-        if not np.all(np.isfinite(wave)):
-            raise AudioError(name, "mix holds NaN or infinite samples")
+        wave = array_to_mono(mix, sample_rate, sample_rate, name)  # (N,), (channels, N) or (N, channels), checked
     seconds = len(wave) / sample_rate
     if seconds < MIN_QUERY_SECONDS:
         raise AudioError(name, f"mix too short ({seconds:.2f} s; a query needs at least {MIN_QUERY_SECONDS:g} s)")
