@@ -42,7 +42,7 @@ def served(tiny_checkpoint, toy_corpus, tmp_path_factory):
     idx = index_library(lib, tmp / "lib_idx", tiny_checkpoint)
     evil_idx = index_library(evil, tmp / "evil_idx", tiny_checkpoint)
     config = ServeConfig(indexes=[idx, evil_idx], mixes=mixes, uploads=tmp / "uploads", device="cpu")
-    with TestClient(create_app(config)) as client:
+    with TestClient(create_app(config), base_url="http://localhost") as client:  # a Host the server answers to
         yield {"client": client, "lib": lib, "mix": mix, "mixes": mixes, "secret": secret, "tmp": tmp,
                "engine": client.app.state.engine}
 

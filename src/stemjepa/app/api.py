@@ -1,14 +1,18 @@
 """The HTTP layer: a FastAPI app with the JSON API under /api (OpenAPI at /openapi.json) and the page at /.
 
 Errors are JSON `{"detail": "<file or thing>: <problem>"}` with 400 (bad input), 403 (a path outside the folders the
-server may read), 404 (unknown upload, query, index or file) or 413 (over a size or duration limit).
+server may read; a Host the server does not answer to; a cross-site Origin), 404 (unknown or expired upload, query,
+job, index or file), 413 (over a size, duration, decoded-size or text-length limit), 415 (a state-changing request whose
+content type a cross-site form could send), 503 (too many queries waiting) or 507 (the server's disk is full).
+Every request first passes `guard.Guard` (Host allow-list, same-origin state changes, body-size limit).
 """
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -16,14 +20,39 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import AudioError, StemJepaError
+from ..fsutil import WriteError
 from ..search.export import safe_name
-from .files import NotFound, PathRefused, TooLarge
+from .files import Busy, NotFound, PathRefused, StorageFull, TooLarge
+from .guard import Guard, HostList
 from .pictures import spectrogram_png
 from .service import Engine, wav_bytes
-from .settings import ServeConfig
+from .settings import LOOPBACK_NAMES, ServeConfig
 
 STATIC = Path(__file__).parent / "static"
-STATUS = ((PathRefused, 403), (NotFound, 404), (TooLarge, 413), (StemJepaError, 400))
+
+
+class WrongType(StemJepaError):
+    """A state-changing request with a content type the route does not take (answered with 415)."""
+
+
+STATUS = ((PathRefused, 403), (NotFound, 404), (TooLarge, 413), (WrongType, 415), (Busy, 503), (StorageFull, 507),
+          (WriteError, 500), (StemJepaError, 400))
+UPLOAD_PATH = "/api/uploads"
+UPLOAD_TYPES = ("application/octet-stream", "audio/*")
+MAX_NAME = 200  # characters of an upload's file name kept for messages
+
+
+def accepts(*types: str):
+    """A dependency refusing (415) a request whose Content-Type is none of `types` ("audio/*" matches any audio type).
+
+    The types a cross-site form or a "simple" fetch can send (text/plain, form encodings) are never among them, so a
+    page of another site cannot make the browser send a request here without a CORS preflight, which this server
+    never grants."""
+    def check(request: Request) -> None:
+        got = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not any(got == t or (t.endswith("/*") and got.startswith(t[:-1])) for t in types):
+            raise WrongType(f"{request.url.path}: content type {got or '(none)'!r} refused; send {' or '.join(types)}")
+    return Depends(check)
 
 
 class QueryRequest(BaseModel):
@@ -34,6 +63,15 @@ class QueryRequest(BaseModel):
     instrument: str = Field(..., description='free text, e.g. "bass" or "warm electric piano"')
     k: int = Field(10, description="number of candidates")
     index: str | None = Field(None, description="index name (GET /api/info); default: the first")
+
+
+def _name(filename: str) -> str:
+    """The base name of an upload's file name (no folders), shortened for messages."""
+    name = Path(str(filename).replace("\\", "/")).name or "upload"
+    if len(name) <= MAX_NAME:
+        return name
+    stem, suffix = os.path.splitext(name)
+    return f"{stem[:MAX_NAME]}...{suffix[:12]}"
 
 
 def _wav(wave, sr: int, download: str | None = None) -> Response:
@@ -54,6 +92,19 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
     app = FastAPI(title="stemjepa", version=__version__, lifespan=lifespan,
                   description="Search a stem library with a mix and an instrument, and audition the candidates.")
     app.state.engine = engine
+    config = engine.config
+    hosts = HostList(config.allowed_hosts if config.allowed_hosts is not None else LOOPBACK_NAMES)
+
+    def body_limit(scope) -> tuple[int, str]:
+        lim = engine.limits
+        if scope["path"] == UPLOAD_PATH:
+            name = Request(scope).query_params.get("filename", "upload")
+            return int(lim.max_upload_mb * 1e6), (f"{_name(name)}: larger than this server's upload limit of "
+                                                  f"{lim.max_upload_mb:g} MB (stemjepa serve --max-upload-mb)")
+        return int(lim.max_request_kb * 1000), (f"{scope['path']}: request body larger than this server's limit of "
+                                                f"{lim.max_request_kb:g} kB")
+
+    app.add_middleware(Guard, hosts=hosts, body_limit=body_limit)
 
     @app.exception_handler(StemJepaError)
     async def user_error(request: Request, exc: StemJepaError):
@@ -80,37 +131,28 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
             raise NotFound("this server has no mixes folder (start it with --mixes DIR)")
         return {"mixes": engine.mixes.list()}
 
-    @app.post("/api/uploads", status_code=201, summary="Upload a mix (the request body is the audio file)",
+    @app.post(UPLOAD_PATH, status_code=201, dependencies=[accepts(*UPLOAD_TYPES)],
+              summary="Upload a mix (the request body is the audio file, sent as application/octet-stream or audio/*)",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload(request: Request, filename: str = Query(..., description="the file's name, e.g. song.wav")):
-        name = Path(filename.replace("\\", "/")).name or "upload"
-        limit = int(engine.limits.max_upload_mb * 1e6)
-        too_big = TooLarge(f"{name}: larger than this server's upload limit of {engine.limits.max_upload_mb:g} MB "
-                           "(stemjepa serve --max-upload-mb)")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise too_big
+        name = _name(filename)
+        declared = request.headers.get("content-length", "")
         uid, path = engine.uploads.new_path(name)
-        size = 0
         try:
-            with open(path, "wb") as fh:
-                async for part in request.stream():
-                    size += len(part)
-                    if size > limit:
-                        raise too_big
-                    fh.write(part)
+            size = await engine.uploads.write(path, name, request.stream(), int(declared) if declared.isdigit() else 0)
             if size == 0:
                 raise AudioError(name, "empty upload (0 bytes)")
             wave, sr = await run_in_threadpool(engine.check_mix, path, name)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        engine.uploads.add(uid, name, path)
+        engine.uploads.add(uid, name, path, size)
         return {"id": uid, "name": name, "bytes": size, "sample_rate": sr, "channels": int(wave.shape[0]),
                 "frames": int(wave.shape[1]), "seconds": wave.shape[1] / sr}
 
-    @app.post("/api/queries", status_code=202, summary="Start a query; poll the returned job for progress")
+    @app.post("/api/queries", status_code=202, dependencies=[accepts("application/json")],
+              summary="Start a query (a JSON body); poll the returned job for progress")
     def start_query(req: QueryRequest):
         if (req.upload is None) == (req.mix is None):
             raise StemJepaError("give either an uploaded mix ('upload') or a mix of the mixes folder ('mix')")
@@ -124,12 +166,10 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
         job = engine.submit_query(path, name, req.instrument, req.k, req.index)
         return {"job": job.id, "job_url": f"/api/jobs/{job.id}"}
 
-    @app.get("/api/jobs/{job_id}", summary="State and progress of a query; its result when done")
+    @app.get("/api/jobs/{job_id}", summary="State and progress of a query; its result when done (kept a while after "
+                                            "it is first read, see Limits.job_grace_s / job_ttl_s)")
     def job(job_id: str):
-        found = engine.jobs.get(job_id)
-        if found is None:
-            raise NotFound(f"job {job_id!r} not found")
-        return found.to_dict()
+        return engine.jobs.read(job_id)
 
     @app.get("/api/queries/{qid}", summary="The result of a finished query")
     def query(qid: str):

@@ -1,17 +1,30 @@
-"""A library stem's own instrument labels (the model's, suggestions for the text box, are `model.known_labels`)."""
+"""A library stem's own instrument labels (the model's, suggestions for the text box, are `model.known_labels`).
+
+The `stems.json` beside a stem is the library owner's file, read while a query's answer is built: it is read through
+`fsutil.read_json` (regular files only, size- and depth-bounded), so a FIFO, a huge or a deeply nested file there
+costs the answer its labels, never the query worker.
+"""
 from __future__ import annotations
 
-import json
+import logging
 from functools import lru_cache
 from pathlib import Path
+
+from ..errors import DataError
+from ..fsutil import read_json
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4096)
 def _folder_labels(folder: str, mtime_ns: int) -> dict[str, list[str]]:
     try:
-        doc = json.loads((Path(folder) / "stems.json").read_text())
+        doc = read_json(Path(folder) / "stems.json", error=DataError)
         return {str(s["file"]): [str(x) for x in s.get("labels") or []] for s in doc.get("stems", []) if "file" in s}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except DataError as exc:
+        log.warning("labels not shown: %s", exc)
+        return {}
+    except (TypeError, KeyError, AttributeError):
         return {}
 
 

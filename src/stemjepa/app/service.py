@@ -15,10 +15,10 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from ..audio.io import audio_duration, resample
+from ..audio.io import load_playback, probe, resample
 from ..errors import AudioError, StemJepaError
 from ..models.registry import load_model
-from ..search.export import SUBTYPE, align, load_native, premix
+from ..search.export import SUBTYPE, align, premix
 from ..search.inputs import check_instrument, load_query
 from ..search.reader import SearchResult, StemIndex
 from .files import Library, MixFolder, NotFound, TooLarge, UploadStore
@@ -27,6 +27,7 @@ from .labels import stem_labels
 from .settings import ServeConfig
 
 CHUNKS_PER_STEP = 16  # model chunks embedded between two progress reports
+DECODES_AT_ONCE = 2  # mixes decoded at the same time (each up to max_decoded_mb): concurrent uploads wait their turn
 
 
 @dataclass
@@ -104,11 +105,13 @@ class Engine:
         except BaseException:
             self.close()
             raise
-        self.uploads = UploadStore(config.uploads)
-        self.jobs = Jobs()
+        lim = self.limits
+        self.uploads = UploadStore(config.uploads, lim)
+        self.jobs = Jobs(keep=lim.max_jobs, grace_s=lim.job_grace_s, ttl_s=lim.job_ttl_s, max_queued=lim.max_queued)
         self.queries: OrderedDict[str, QueryRecord] = OrderedDict()
         self._lock = threading.Lock()
         self._audio_cache: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
+        self._decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
 
     def _unique_name(self, base: str) -> str:
         name, i = base, 2
@@ -136,7 +139,8 @@ class Engine:
         with self._lock:
             rec = self.queries.get(qid)
         if rec is None:
-            raise NotFound(f"query {qid!r} not found (only the last {self.limits.kept_queries} are kept)")
+            raise NotFound(f"query {qid!r} not found (only the last {self.limits.kept_queries} are kept; "
+                           "queries are forgotten when the server restarts)")
         return rec
 
     def candidate(self, qid: str, rank: int) -> tuple[QueryRecord, SearchResult]:
@@ -158,35 +162,55 @@ class Engine:
                         for h in self.indexes.values()],
             "mixes_folder": self.mixes is not None,
             "limits": {"max_upload_mb": self.limits.max_upload_mb, "max_seconds": self.limits.max_seconds,
-                       "max_k": self.limits.max_k},
+                       "max_decoded_mb": self.limits.max_decoded_mb, "max_k": self.limits.max_k,
+                       "max_instrument_chars": self.limits.max_instrument_chars,
+                       "upload_ttl_s": self.limits.upload_ttl_s},
         }
 
     # --- uploads ---------------------------------------------------------------------------------------------------
+    @property
+    def max_samples(self) -> int:
+        """Samples (channels x frames, float32) one decoded mix or candidate may hold."""
+        return max(1, int(self.limits.max_decoded_mb * 1e6 / 4))
+
     def check_mix(self, path: Path, name: str) -> tuple[np.ndarray, int]:
-        """Decode a mix and check it can be queried (length, silence, duration limit); errors name `name`."""
+        """Check a mix from its header (duration, channels x rate x duration against the decoded-size budget), then
+        decode it within that budget and check it can be queried (length, silence); errors name `name`.
+
+        The header check is what stops a decode bomb (a 1 MB FLAC of 8 channels at 192 kHz for 590 s is 3.6 GB of
+        samples) before any sample is decoded; a header that does not state the length is decoded with the budget as
+        the cap."""
+        lim = self.limits
         try:
-            seconds = audio_duration(path)
+            info = probe(path)
         except AudioError as exc:
             raise AudioError(name, exc.problem) from None
-        if seconds > self.limits.max_seconds:
-            raise TooLarge(f"{name}: {seconds:.0f} s long; this server accepts mixes up to "
-                           f"{self.limits.max_seconds:.0f} s (stemjepa serve --max-seconds)")
+        if info.seconds is not None and info.seconds > lim.max_seconds:
+            raise TooLarge(f"{name}: {info.seconds:.0f} s long; this server accepts mixes up to "
+                           f"{lim.max_seconds:.0f} s (stemjepa serve --max-seconds)")
+        if info.frames is not None and info.frames * info.channels > self.max_samples:
+            raise TooLarge(f"{name}: {info.channels} channels x {info.seconds:.0f} s at {info.sample_rate} Hz decode to "
+                           f"{info.frames * info.channels * 4 / 1e9:.1f} GB; this server decodes mixes up to "
+                           f"{lim.max_decoded_mb:g} MB (stemjepa serve --max-decoded-mb): down-mix or shorten it")
         try:
-            wave, sr = load_native(path)
-            load_query(wave, sr, name=name)  # too short, silent, NaN
+            with self._decoding:
+                wave, sr = load_playback(path, max_samples=self.max_samples)
+                load_query(wave, sr, name=name)  # too short, silent, NaN
         except AudioError as exc:
             raise AudioError(name, exc.problem) from None
-        if wave.shape[1] / sr > self.limits.max_seconds:
+        if wave.shape[1] / sr > lim.max_seconds:
             raise TooLarge(f"{name}: {wave.shape[1] / sr:.0f} s long; this server accepts mixes up to "
-                           f"{self.limits.max_seconds:.0f} s")
+                           f"{lim.max_seconds:.0f} s (stemjepa serve --max-seconds)")
         self._cache_audio(("native", str(path)), wave, sr)
         return wave, sr
 
     def _cache_audio(self, key, wave, sr) -> None:
+        """Keep decoded audio for playback, the most recent first, within `audio_cache_mb`."""
+        budget = self.limits.audio_cache_mb * 1e6
         with self._lock:
             self._audio_cache[key] = (wave, sr)
             self._audio_cache.move_to_end(key)
-            while len(self._audio_cache) > 6:
+            while len(self._audio_cache) > 1 and sum(w.nbytes for w, _ in self._audio_cache.values()) > budget:
                 self._audio_cache.popitem(last=False)
 
     def _native(self, path: Path) -> tuple[np.ndarray, int]:
@@ -194,13 +218,16 @@ class Engine:
         with self._lock:
             hit = self._audio_cache.get(key)
         if hit is None:
-            hit = load_native(path)
+            hit = load_playback(path, max_samples=self.max_samples)
             self._cache_audio(key, *hit)
         return hit
 
     # --- queries ---------------------------------------------------------------------------------------------------
     def submit_query(self, mix_path: Path, mix_name: str, instrument: str, k: int, index: str | None) -> Job:
         handle = self.handle(index)
+        if isinstance(instrument, str) and len(instrument) > self.limits.max_instrument_chars:
+            raise TooLarge(f"instrument text of {len(instrument)} characters; this server accepts up to "
+                           f"{self.limits.max_instrument_chars} (name an instrument, e.g. \"warm electric piano\")")
         instrument = check_instrument(instrument)
         if not 1 <= int(k) <= self.limits.max_k:
             raise StemJepaError(f"k must be between 1 and {self.limits.max_k}, got {k}")
@@ -269,7 +296,7 @@ class Engine:
             return hit
         lib = self.indexes[rec.index].library
         path = lib.resolve(lib.relative(r.path))  # still inside the library, still there
-        cand, cand_sr = load_native(path)
+        cand, cand_sr = load_playback(path, max_samples=self.max_samples)
         out = align(cand, cand_sr, r.offset, rec.frames, rec.sample_rate), rec.sample_rate
         self._cache_audio(key, *out)
         return out

@@ -3,10 +3,14 @@
 `classes` (the Stem-JEPA baseline): a learned embedding per fixed class; a label is mapped to the first class it names.
 `text` (the paper): the frozen text encoder's embedding of the free-form label. The labels seen in training are embedded
 once into `table`, saved with the weights (part of the model id), so they need no text encoder at inference. A label
-first seen in a query is embedded on demand and kept in a cache outside the state dict: queries never change the saved
-state, hence never the model id.
+first seen in a query is embedded on demand and kept in a bounded cache (the QUERY_LABELS most recently used) outside
+the state dict: queries never change the saved state, hence never the model id, and a stream of distinct texts (a web
+page's users) cannot grow memory.
 """
 from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -21,6 +25,10 @@ def to_device_async(values: list[int], device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return idx.pin_memory().to(device, non_blocking=True)
     return idx.to(device)
+
+
+QUERY_LABELS = 1024  # query-time labels whose text embedding is kept (least recently used dropped first)
+LONG_KEY = 256  # a longer label is cached under its sha256, so the cache's keys stay small too
 
 
 def normalize_label(label: str) -> str:
@@ -66,8 +74,8 @@ class TextConditioner(nn.Module):
         self.labels: list[str] = []  # the rows of `table`: the labels seen in training
         self.index: dict[str, int] = {}
         self.register_buffer("table", torch.zeros(0, self.dim))
-        self.query_labels: dict[str, int] = {}  # labels first seen in queries -> rows of `query_table` (not saved)
-        self.register_buffer("query_table", torch.zeros(0, self.dim), persistent=False)
+        # labels first seen in queries -> their embedding, least recently used first (not saved; see QUERY_LABELS)
+        self.query_labels: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def _embed(self, labels: list[str]) -> torch.Tensor:
         vectors = torch.from_numpy(get_text_encoder(self.backend, self.clap_model).encode(labels))
@@ -87,14 +95,23 @@ class TextConditioner(nn.Module):
         keys = [normalize_label(l) for l in labels]
         if all(k in self.index for k in keys):
             return self.table[to_device_async([self.index[k] for k in keys], self.table.device)]
-        new = sorted({k for k in keys if k not in self.index and k not in self.query_labels})
-        if new:
-            for label in new:
-                self.query_labels[label] = len(self.query_labels)
-            self.query_table = torch.cat([self.query_table.to(self.table), self._embed(new)], dim=0)
-        rows = [self.index[k] if k in self.index else len(self.labels) + self.query_labels[k] for k in keys]
-        both = torch.cat([self.table, self.query_table.to(self.table)])
-        return both[to_device_async(rows, self.table.device)]
+        cache_keys = {k: _cache_key(k) for k in keys if k not in self.index}
+        new = sorted({k for k, c in cache_keys.items() if c not in self.query_labels})
+        fresh = dict(zip(new, self._embed(new))) if new else {}
+        rows = []
+        for k in keys:
+            if k in self.index:
+                rows.append(self.table[self.index[k]])
+            elif k in fresh:
+                rows.append(fresh[k])
+            else:
+                rows.append(self.query_labels[cache_keys[k]].to(self.table))
+                self.query_labels.move_to_end(cache_keys[k])
+        for k, vector in fresh.items():
+            self.query_labels[cache_keys[k]] = vector
+        while len(self.query_labels) > QUERY_LABELS:
+            self.query_labels.popitem(last=False)
+        return torch.stack(rows)
 
     # the label list travels with the table in the checkpoint
     def get_extra_state(self):
@@ -109,6 +126,10 @@ class TextConditioner(nn.Module):
         if key in state_dict:  # the saved table may hold more labels than the fresh (empty) one
             self.table = torch.empty_like(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _cache_key(label: str) -> str:
+    return label if len(label) <= LONG_KEY else "sha256:" + hashlib.sha256(label.encode()).hexdigest()
 
 
 def build_conditioner(cfg: ConditioningConfig) -> nn.Module:
