@@ -119,3 +119,33 @@ def test_cli_export_onnx_of_the_builtin_model(tmp_path, capsys):
     report = verify_onnx(model, tmp_path / "default")
     for side in ("reference", "query"):
         assert report[side]["max_abs_diff"] < 1e-3 and report[side]["min_cosine"] > 0.99999, report
+
+
+def _graph_io(path) -> dict:
+    """Inputs and outputs of an ONNX graph as onnxruntime reports them: {name: (shape, dtype)}."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dtype = {"tensor(float)": "float32", "tensor(int64)": "int64"}
+    return {side: {a.name: (list(a.shape), dtype[a.type]) for a in args}
+            for side, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs()))}
+
+
+@pytest.mark.parametrize("phase", [1, 2])
+def test_onnx_description_lists_the_shapes_and_dtypes_of_the_graphs(phase, phase2_model, tmp_path, capsys):
+    """The description (OUT.onnx.json, and the lines `stemjepa export --onnx` prints) gave the query's `wave` and
+    `condition` as ["batch"]: every input and output is now described as the exported graph holds it."""
+    from stemjepa.models.onnx_export import describe_graphs
+
+    model = phase2_model if phase == 2 else StemJEPA(load_config("tiny_phase1", ["model.encoder.depth=1"]).model, 1).eval()
+    export_onnx(model, tmp_path / "m.onnx")
+    meta = json.loads((tmp_path / "m.onnx.json").read_text())
+    f, t = model.encoder.grid
+    for side in ("reference", "query"):
+        described = {k: {n: (e["shape"], e["dtype"]) for n, e in meta[side][k].items()} for k in ("inputs", "outputs")}
+        assert described == _graph_io(tmp_path / meta[side]["file"]), side
+        assert meta[side]["outputs"]["tokens"]["shape"] == ["batch", f, t, model.embed_dim]
+    assert meta["query"]["inputs"]["wave"]["shape"] == ["batch", model.chunk_samples]
+    assert ("condition" in meta["query"]["inputs"]) == (phase == 2)
+    if phase == 2:
+        assert meta["query"]["inputs"]["condition"] == {"shape": ["batch", model.conditioner.dim], "dtype": "float32"}
+    lines = describe_graphs(meta)
+    assert f"wave [batch, {model.chunk_samples}] float32" in lines[1] and "valid_patches [batch] int64" in lines[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +218,120 @@ def test_unsafe_checkpoint_refusal_is_in_our_words(tmp_path):
     message = str(exc.value)
     assert "can run arbitrary code" in message and "trust" in message and "weights_only=False" not in message
     assert "posix.system" in message and not sentinel.exists()
+
+
+# --- issue 23: the Lightning `weights_only` line; a full disk anywhere in the run folder -------------------------------
+# `stemjepa ARGS` in a child process whose disk fills under RUN/SUB after BUDGET bytes: every write there (ours,
+# Lightning's CSV logger, TensorBoard's writer thread, torch's checkpoint writer) fails as a full disk does (ENOSPC).
+_FULL_DISK = r"""
+import builtins, errno, io, os, sys
+folder, budget = os.path.abspath(sys.argv[1]), int(sys.argv[2])
+left = [budget]
+real_open = builtins.open
+
+class Full:
+    def __init__(self, fh):
+        self._fh = fh
+    def write(self, b):
+        if len(b) > left[0]:
+            left[0] = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        left[0] -= len(b)
+        return self._fh.write(b)
+    def __getattr__(self, k):
+        return getattr(self._fh, k)
+    def __enter__(self):
+        return self
+    def __exit__(self, *a):
+        return self._fh.__exit__(*a)
+
+def fake_open(file, mode="r", *a, **k):
+    fh = real_open(file, mode, *a, **k)
+    if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+") \
+            and os.path.abspath(os.fsdecode(file)).startswith(folder):
+        return Full(fh)
+    return fh
+
+builtins.open = io.open = fake_open
+from stemjepa.cli.main import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def fit_argv(data, run, steps: int = 2, progress: bool = False) -> list[str]:
+    return ["fit", "--config", "tiny_phase1", "--data", str(data), "--out", str(run), "--max-steps", str(steps),
+            "--batch-size", "4", "--workers", "0", "--device", "cpu", "model.encoder.depth=2", "log_every=1",
+            *([] if progress else ["--no-progress"])]
+
+
+def run_cli(argv, full_under=None, budget: int = 0) -> subprocess.CompletedProcess:
+    code = _FULL_DISK if full_under else "import sys; from stemjepa.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    extra = [str(full_under), str(budget)] if full_under else []
+    return subprocess.run([sys.executable, "-c", code, *extra, *argv], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    data = write_toy_corpus(tmp_path_factory.mktemp("fit_data") / "data", n_songs=2, seconds=3.0)
+    cache = data.parent / "cache"
+    assert main(["prepare", "--dataset", "folder", "--root", str(data), "--out", str(cache), "--no-progress"]) == 0
+    return cache
+
+
+def test_fit_output_has_no_lightning_weights_only_line(prepared, tmp_path):
+    """Every fit ended with Lightning's INFO "`weights_only` was not set, defaulting to `False`" (about *saving* the
+    optimizer state), which read as if checkpoints were loaded unsafely."""
+    done = run_cli(fit_argv(prepared, tmp_path / "run", progress=True))
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    assert "checkpoint:" in done.stdout and "training verdict" in done.stdout
+    assert "weights_only" not in output and "Traceback" not in output
+    # the other misleading lines of a short run: epochs (training is counted in steps), the logger's version in the
+    # bar, "NOT LEARNING" after 2 steps
+    assert "training steps" in output and "Epoch 0" not in output and "v_num" not in output
+    assert "too early to judge after 2 steps" in done.stdout and "NOT LEARNING" not in output
+    resumed = run_cli(fit_argv(prepared, tmp_path / "run", steps=3) + ["--resume"])
+    assert resumed.returncode == 0 and "weights_only" not in resumed.stdout + resumed.stderr
+
+
+@pytest.mark.parametrize("sub,budget", [("checkpoints", 0), ("checkpoints", 6_000_000), ("tensorboard", 100), ("logs", 0)],
+                         ids=["first-checkpoint", "second-checkpoint", "tensorboard-writer-thread", "csv-log"])
+def test_disk_full_during_fit_is_one_line_and_leaves_the_run_resumable(sub, budget, prepared, tmp_path):
+    """A full disk while fit writes a checkpoint (torch's zip writer raised a RuntimeError over the OSError) or a log
+    (TensorBoard's writer thread printed its traceback): exit 2, one line naming the path, no partial checkpoint or
+    temp file, and the same command (or --resume) goes on once there is space."""
+    run = tmp_path / "run"
+    done = run_cli(fit_argv(prepared, run), full_under=run / sub, budget=budget)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Exception" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "disk full" in errors[0] and str(run) in errors[0], done.stderr[-2000:]
+    ckpts = sorted((run / "checkpoints").glob("*")) if (run / "checkpoints").is_dir() else []
+    assert not [p for p in ckpts if p.name.endswith(".tmp")]
+    for p in ckpts:  # whatever checkpoint is there is whole
+        assert read_checkpoint(p)["global_step"] == 2
+    again = run_cli(fit_argv(prepared, run, steps=3) + (["--resume"] if ckpts else []))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 3
+
+
+def test_resume_from_a_checkpoint_describing_a_huge_model_is_refused_before_building(finished_run, toy_corpus, tmp_path):
+    run = copy_run(finished_run, tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["stemjepa"]["config"]["model"]["encoder"].update(embed_dim=4096, depth=128, num_heads=16)
+    torch.save(ckpt, last)
+    with pytest.raises(CheckpointError, match=f"^{last}: config inside the file is refused: the model config describes"):
+        fit(cfg(3), options(toy_corpus, run, resume=True, max_steps=3))
+
+
+def test_integer_weights_in_an_init_checkpoint_are_refused(tiny_phase1_checkpoint, tmp_path):
+    ckpt = torch.load(tiny_phase1_checkpoint, map_location="cpu", weights_only=True)
+    key = "model.encoder.patch_embed.weight"
+    ckpt["state_dict"][key] = ckpt["state_dict"][key].to(torch.int16)
+    bad = tmp_path / "int.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(CheckpointError, match="tensor encoder.patch_embed.weight is int16: only floating-point"):
+        fit(load_config("tiny", TINY_OVERRIDES + ["max_steps=1"]),
+            options(small_corpus(tmp_path), tmp_path / "run", init=str(bad)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="write a slim inference file (.safetensors, no optimizer state, no pickle) from a checkpoint",
+        "export", help="write a slim inference file (.safetensors, no optimizer state, no pickle) of a model, or ONNX graphs",
         description="Write the model's weights and config into one safetensors file: front-end, encoder, EMA target "
                     "encoder (phase 2: library stems are embedded with it), predictor, conditioning table and running "
                     "centres; no optimizer or trainer state and no pickle, so loading it runs no code from the file. "
@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("model", metavar="MODEL", help="checkpoint (.ckpt), export, or built-in model name")
     p.add_argument("out", metavar="OUT", help="output file (.safetensors; .onnx with --onnx)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--onnx", action="store_true", help="write an ONNX graph of the model instead (stemjepa.models.onnx_export)")
+    p.add_argument("--onnx", action="store_true", help="write ONNX instead: OUT.reference.onnx and OUT.query.onnx (graphs), "
+                   "OUT.conditions.npy (phase 2) and OUT.onnx.json, their description (stemjepa.models.onnx_export)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +29,7 @@ def run(args) -> int:
         raise StemJepaError(f"{out}: exists already; pass --force to replace it")
     if args.onnx:
         try:
-            from ..models.onnx_export import export_onnx
+            from ..models.onnx_export import describe_graphs, export_onnx
         except ImportError as exc:
             raise StemJepaError(f"ONNX export is not available in this installation ({exc}); export to .safetensors "
                                 "without --onnx") from None
@@ -39,6 +40,10 @@ def run(args) -> int:
         model = load_model(args.model, device="cpu")
         files = export_onnx(model, out)
         print(f"wrote {', '.join(str(f) for f in files)} (ONNX, model {model.model_id})")
+        from ..fsutil import read_json
+
+        for line in describe_graphs(read_json(files[-1], error=StemJepaError)):
+            print(f"  {line}")
         return 0
     from ..models.export import export_model
 

@@ -1,6 +1,8 @@
 """Checkpoints: a Lightning checkpoint file plus a `stemjepa` entry holding the config, so loading needs no training code.
 
-Files are read with `torch.load(weights_only=True)`: no code from the file is executed.
+Files are read with `torch.load(weights_only=True)`: no code from the file is executed; and memory-mapped (`mmap=True`),
+so reading one costs no memory until a tensor is used: `load_model` checks the config's sizes and the tensors' names,
+shapes and dtypes (`models.architecture`) before it builds the model.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from ..config import TrainConfig, from_dict
 from ..errors import CheckpointError, ConfigError, StemJepaError
 
 FORMAT_VERSION = 1
+INTEGER_BUFFERS = ("center_updates",)  # the model's only integer tensor: a counter, not a weight
 
 
 def _unsafe_detail(message: str) -> str:
@@ -23,12 +26,22 @@ def _unsafe_detail(message: str) -> str:
     return ""
 
 
+def _load(path: Path):
+    """torch.load, weights only, memory-mapped where the file allows it (zip format: every file torch writes since 1.6)."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap can only be used" not in str(exc):
+            raise
+    return torch.load(str(path), map_location="cpu", weights_only=True)  # legacy format: read whole (its size is the file's)
+
+
 def read_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        ckpt = _load(path)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():  # a damaged file, not a refused object
             raise CheckpointError(f"{path}: not a readable checkpoint (damaged file: {str(exc)[:120]})") from None
@@ -54,7 +67,14 @@ def read_checkpoint(path) -> dict:
 
 
 def check_finite_weights(state: dict, path) -> None:
-    """Refuse weights holding NaN or inf: every embedding made from them would be NaN, and rankings meaningless."""
+    """Refuse weights that are not floating point (integer, bool or complex tensors would be cast silently into the model
+    and embed garbage; integer buffers such as `center_updates` excepted), or that hold NaN or inf: every embedding made
+    from them would be NaN, and rankings meaningless."""
+    for k, v in state.items():
+        if torch.is_tensor(v) and not v.is_floating_point() and (v.is_complex() or v.dtype == torch.bool
+                                                                  or not k.endswith(INTEGER_BUFFERS)):
+            raise CheckpointError(f"{path}: tensor {k} is {str(v.dtype).replace('torch.', '')}: only floating-point "
+                                  "weights are loaded; the file is damaged or not a stemjepa model")
     bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[0]}); the "
@@ -80,16 +100,25 @@ def training_songs(ckpt: dict) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def checkpoint_labels(state: dict):
+    """The label list saved beside a text conditioner's table (None when there is none)."""
+    extra = state.get("conditioner._extra_state")
+    labels = extra.get("labels") if isinstance(extra, dict) else None
+    return labels if isinstance(labels, list) else None
+
+
 def load_model(path, device=None, eval_mode: bool = True):
     """Rebuild a StemJEPA from a checkpoint file alone. device=None: CUDA when present, else CPU."""
+    from .architecture import check_architecture, tensor_specs
     from .stemjepa import StemJEPA
 
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path)  # memory-mapped: nothing read yet
     cfg = checkpoint_config(ckpt, path)
+    state = model_state(ckpt)
+    check_architecture(cfg, tensor_specs(state), path, labels=checkpoint_labels(state))  # before the model is built
+    check_finite_weights(state, path)
     model = StemJEPA(cfg.model, cfg.phase)
     model.training_config = cfg  # provenance (the recipe), written again by `stemjepa export`; the model does not read it
-    state = model_state(ckpt)
-    check_finite_weights(state, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -102,20 +102,26 @@ def export_model(model, out, force: bool = False, source: str | None = None, ext
     return meta
 
 
-def read_export(path) -> tuple[dict, dict]:
-    """(state dict with extra state, metadata) of an export file; a one-line CheckpointError on any problem."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _dtype(name: str):
+    from .architecture import SAFETENSORS_DTYPES
+
+    return SAFETENSORS_DTYPES.get(name, name)  # an unknown name stays a string: it matches no model dtype
+
+
+def read_export_header(path) -> tuple[dict, dict]:
+    """(metadata, {name: (shape, dtype)}) of an export file, from its header alone: no tensor is read."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: model file not found")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
-        tensors = load_file(str(path), device="cpu")
+            specs = {}
+            for k in fh.keys():
+                sl = fh.get_slice(k)
+                specs[k] = (tuple(sl.get_shape()), _dtype(sl.get_dtype()))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:160]})") from None
     if meta.get("format") != FORMAT:
@@ -128,31 +134,56 @@ def read_export(path) -> tuple[dict, dict]:
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer stemjepa (export format {version}); upgrade stemjepa")
     try:
-        extra = json.loads(meta.get("extra_state", "{}"))
+        meta["extra_state"] = json.loads(meta.get("extra_state", "{}"))
         meta["config"] = json.loads(meta["config"])
         meta["training_songs"] = json.loads(meta.get("training_songs", "null"))
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: corrupt export metadata ({type(exc).__name__}: {str(exc)[:120]})") from None
-    if not isinstance(extra, dict):
+    if not isinstance(meta["extra_state"], dict):
         raise CheckpointError(f"{path}: corrupt export metadata (extra_state is not a mapping)")
-    return {**tensors, **extra}, meta
+    return meta, specs
+
+
+def _read_tensors(path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:160]})") from None
+
+
+def read_export(path) -> tuple[dict, dict]:
+    """(state dict with extra state, metadata) of an export file; a one-line CheckpointError on any problem. Reads every
+    tensor: `load_export` checks the header against the config first."""
+    meta, _ = read_export_header(path)
+    extra = meta.pop("extra_state")
+    return {**_read_tensors(path), **extra}, meta
 
 
 def load_export(path, device=None, eval_mode: bool = True):
-    """Rebuild a StemJEPA from an export file alone (no training code, no pickle)."""
+    """Rebuild a StemJEPA from an export file alone (no training code, no pickle). The config's sizes and the tensors'
+    names, shapes and dtypes (from the header) are checked before any tensor is read or the model is built."""
     from ..config import from_dict
     from ..errors import ConfigError
+    from .architecture import check_architecture
     from .checkpoint import check_finite_weights, place_model
     from .stemjepa import StemJEPA
 
-    state, meta = read_export(path)
+    meta, specs = read_export_header(path)
+    extra = meta.pop("extra_state")
     try:
         cfg = from_dict(meta["config"])
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: config inside the export is not usable ({exc})") from None
+    cond_extra = extra.get("conditioner._extra_state")
+    labels = cond_extra.get("labels") if isinstance(cond_extra, dict) else None
+    check_architecture(cfg, specs, path, labels=labels if isinstance(labels, list) else None)
+    state = {**_read_tensors(path), **extra}
+    check_finite_weights(state, path)
     model = StemJEPA(cfg.model, cfg.phase)
     model.training_config = cfg
-    check_finite_weights(state, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -16,7 +16,9 @@ Files written for the prefix OUT (`OUT` or `OUT.onnx` given):
   the table saved in the checkpoint; classes: the learned class embeddings). A new free-text label needs the
   model's text encoder (`minilm` / `clap`, `stemjepa.models.text_encoders.get_text_encoder(...).encode([label])`),
   run outside the graph; its vector goes into `condition` unchanged.
-- `OUT.onnx.json`: sample rate, chunk and patch lengths, grid, dimensions, model id, the files, inputs and outputs.
+- `OUT.onnx.json`: sample rate, chunk and patch lengths, grid, dimensions, model id, the files, and each graph's inputs
+  and outputs with their shapes (`"batch"` for the dynamic batch dimension) and dtypes, as in the graphs
+  (tests/test_onnx_export.py compares them with what onnxruntime reports).
 
 The log-mel front-end is inside both graphs. torch.stft (complex output) has no ONNX export, so the graphs compute
 the same centred STFT as a strided convolution with fixed windowed cos / sin kernels (reflect padding, periodic Hann,
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write, atomic_write_text
 
 OPSET = 17
 FORMAT = "stemjepa-onnx/1"
@@ -117,11 +119,30 @@ def _condition_table(model) -> tuple[np.ndarray, list[str], str]:
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str]) -> None:
+    """One graph, written atomically (a temporary name, then renamed): a failed export leaves no half-written file."""
     dynamic = {name: {0: "batch"} for name in input_names + ["embedding", "tokens"]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=["embedding", "tokens"],
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=["embedding", "tokens"],
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+    atomic_write(path, write, by_name=True)
+
+
+def _tensor(shape: list, dtype: str = "float32") -> dict:
+    return {"shape": shape, "dtype": dtype}
+
+
+def graph_io(model, condition: bool) -> dict:
+    """Inputs and outputs of one exported graph, with shapes ("batch": the dynamic dimension) and dtypes."""
+    f, t = model.encoder.grid
+    d = int(model.embed_dim)
+    inputs = {"wave": _tensor(["batch", int(model.chunk_samples)]), "valid_patches": _tensor(["batch"], "int64")}
+    if condition:
+        inputs["condition"] = _tensor(["batch", int(model.conditioner.dim)])
+    return {"inputs": inputs, "outputs": {"embedding": _tensor(["batch", d]), "tokens": _tensor(["batch", int(f), int(t), d])}}
 
 
 def export_onnx(model, out_path) -> list[Path]:
@@ -167,7 +188,7 @@ def export_onnx(model, out_path) -> list[Path]:
         files.append(query_path)
         if phase2:
             cond_path = Path(f"{prefix}.conditions.npy")
-            np.save(cond_path, np.asarray(table, dtype=np.float32))
+            atomic_write(cond_path, lambda fh: np.save(fh, np.asarray(table, dtype=np.float32)))
             files.append(cond_path)
     finally:
         model.to(device)
@@ -186,12 +207,9 @@ def export_onnx(model, out_path) -> list[Path]:
         "centered": centred,
         "opset": OPSET,
         "frontend": "in graph (STFT as a convolution with windowed DFT kernels, mel, log, normalisation)",
-        "reference": {"file": ref_path.name, "inputs": {"wave": ["batch", cs], "valid_patches": ["batch"]},
-                      "outputs": {"embedding": ["batch", int(model.embed_dim)],
-                                  "tokens": ["batch", int(f), int(t), int(model.embed_dim)]},
+        "reference": {"file": ref_path.name, **graph_io(model, condition=False),
                       "encoder": "target_encoder" if phase2 else "encoder"},
-        "query": {"file": query_path.name, "inputs": {name: ["batch"] for name in query_inputs},
-                  "outputs": ["embedding", "tokens"], "encoder": "encoder", "predictor": phase2},
+        "query": {"file": query_path.name, **graph_io(model, condition=phase2), "encoder": "encoder", "predictor": phase2},
         "conditioning": None if not phase2 else {
             "kind": kind, "dim": int(model.conditioner.dim), "file": f"{prefix.name}.conditions.npy", "labels": labels,
             "text_backend": model.conditioner.backend if kind == "text" else None,
@@ -203,6 +221,15 @@ def export_onnx(model, out_path) -> list[Path]:
     atomic_write_text(meta_path, json.dumps(meta, indent=1))
     files.append(meta_path)
     return files
+
+
+def describe_graphs(meta: dict) -> list[str]:
+    """One line per graph of an export's description: its inputs and outputs with their shapes and dtypes."""
+    def side(entries: dict) -> str:
+        return ", ".join(f"{name} [{', '.join(map(str, e['shape']))}] {e['dtype']}" for name, e in entries.items())
+
+    return [f"{name} graph {meta[name]['file']}: {side(meta[name]['inputs'])} -> {side(meta[name]['outputs'])}"
+            for name in ("reference", "query")]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -218,8 +245,11 @@ class OnnxEmbedder:
     def __init__(self, prefix, providers: list[str] | None = None):
         import onnxruntime as ort
 
+        from ..errors import StemJepaError
+        from ..fsutil import read_json
+
         prefix = _prefix(prefix)
-        self.meta = json.loads(Path(f"{prefix}.onnx.json").read_text())
+        self.meta = read_json(Path(f"{prefix}.onnx.json"), error=StemJepaError)
         folder = Path(f"{prefix}.onnx.json").parent
         opts = ort.SessionOptions()
         providers = providers or ["CPUExecutionProvider"]
@@ -306,4 +336,4 @@ def verify_onnx(model, prefix, waves: list[np.ndarray] | None = None, label: str
     return report
 
 
-__all__ = ["export_onnx", "OnnxEmbedder", "verify_onnx", "ConvLogMel"]
+__all__ = ["export_onnx", "OnnxEmbedder", "verify_onnx", "ConvLogMel", "describe_graphs", "graph_io"]

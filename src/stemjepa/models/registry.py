@@ -16,13 +16,13 @@ built-in model (or the path of a file) together with the model id, which is the 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..fsutil import read_json
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 ALIASES_FILE = "aliases.json"
@@ -57,7 +57,7 @@ class ModelEntry:
         cos, chance = ev.get("cosine") or {}, ev.get("chance") or {}
         if not cos:
             return ""
-        parts = [f"{k} {cos[k]:.1f}" + (f" (chance {chance[k]:.1f})" if k in chance else "")
+        parts = [f"{k} {cos[k]:.1f}%" + (f" (chance {chance[k]:.1f}%)" if k in chance else "")
                  for k in ("R@1", "R@10") if k in cos]
         if "norm_rank_median" in cos:
             parts.append(f"median rank {cos['norm_rank_median']:.1f}%")
@@ -67,12 +67,12 @@ class ModelEntry:
 
 def read_aliases(folder: Path | None = None) -> dict[str, str]:
     path = (folder or weights_dir()) / ALIASES_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         return {}
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable alias file of the built-in models ({exc})") from None
+    try:
+        data = read_json(path, error=CheckpointError)
+    except CheckpointError as exc:
+        raise CheckpointError(f"unreadable alias file of the built-in models: {exc}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: the alias file must map names to model names")
     return {str(k): str(v) for k, v in data.items()}
@@ -87,8 +87,8 @@ def builtin_models(folder: Path | None = None) -> dict[str, ModelEntry]:
     for f in sorted(folder.glob("*.safetensors")):
         card_path = f.with_suffix(".json")
         try:
-            card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-        except (OSError, ValueError):
+            card = read_json(card_path, error=CheckpointError) if card_path.exists() else {}
+        except CheckpointError:
             card = {"summary": f"(unreadable card {card_path.name})"}
         entries[f.stem] = ModelEntry(f.stem, f, card if isinstance(card, dict) else {})
     for alias, target in read_aliases(folder).items():

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..audio.frontend import LogMelFrontend
 from ..config import ModelConfig, Phase, TrainConfig
+from .architecture import check_model_config
 from .conditioning import build_conditioner
 from .digest import weights_digest
 from .encoder import ViTEncoder, encoder_dims
@@ -28,6 +29,9 @@ class StemJEPA(InferenceMixin, nn.Module):
 
     def __init__(self, config: ModelConfig, phase: Phase):
         super().__init__()
+        if phase not in (1, 2):
+            raise ValueError(f"phase must be 1 or 2, not {phase}")
+        check_model_config(config, phase)  # sizes bounded before anything is allocated (ConfigError)
         self.config = config
         self.phase = phase
         fcfg = config.frontend

@@ -6,6 +6,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ..models.diagnostics import COLLAPSE_SPREAD
 
@@ -84,7 +85,29 @@ class LearningMonitor(L.Callback):
         if m.get("spread", 1.0) < COLLAPSE_SPREAD:
             state = "COLLAPSED: the embeddings point the same way"
         elif m["top1"] <= 2 * self.chance:
-            state = "NOT LEARNING: in-batch matching at chance"
+            state = ("NOT LEARNING: in-batch matching at chance" if trainer.global_step >= self.min_step else
+                     f"too early to judge after {trainer.global_step} steps (in-batch matching at chance so far; "
+                     f"judged from step {self.min_step})")
         else:
             state = "learning"
         self.verdict = f"training verdict at step {trainer.global_step}: {state} ({figures})"
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar without what does not apply to this step-based training: 'Epoch 0' (a run is one pass of
+    max_steps batches, there are no epochs) and 'v_num' (the logger's version folder, not a figure of the training)."""
+
+    def init_train_tqdm(self):
+        bar = super().init_train_tqdm()
+        describe = bar.set_description
+
+        def set_description(desc=None, refresh=True):  # Lightning names the bar "Epoch N" at every epoch start
+            describe("training steps" if str(desc).startswith("Epoch") else desc, refresh)
+
+        bar.set_description = set_description
+        return bar
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items

@@ -1,8 +1,10 @@
 """`stemjepa fit`: train one phase from a training cache (or a multitrack folder, prepared into a cache on the fly)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +19,8 @@ from ..data.provenance import training_songs
 from ..data.training_cache import TrainingCache, is_cache
 from ..errors import CheckpointError, DataError, StemJepaError
 from ..fsutil import WriteError, atomic_write_text, clean_stale_temps
-from ..models.checkpoint import check_finite_weights, checkpoint_config, model_state, read_checkpoint
+from ..models.architecture import check_architecture, tensor_specs
+from ..models.checkpoint import check_finite_weights, checkpoint_config, checkpoint_labels, model_state, read_checkpoint
 from ..models.checkpoint import training_songs as recorded_songs
 from .rundir import check_data_path, check_device, check_run_dir, clear_run, has_checkpoints
 
@@ -90,16 +93,46 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    # speaks of epochs and a Trainer argument; `fit` says it in its own words (see `warn_if_nothing_logged`)
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # untrue here: the sampler starts a resumed run at the batch after the last one trained (training/data.py;
+    # tests/test_training.py checks that a resumed run continues identically)
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+
+
+def warn_if_nothing_logged(cfg: TrainConfig) -> None:
+    if cfg.log_every and cfg.max_steps < cfg.log_every:
+        log.warning("max_steps %d is below log_every %d: no training figures (loss, top-1, spread) will be logged and "
+                    "no verdict given; pass log_every=%d to see them", cfg.max_steps, cfg.log_every, cfg.max_steps)
+
+
+@contextlib.contextmanager
+def log_writer_errors_in_main_thread():
+    """TensorBoard writes its event file from a thread; a failed write (a full disk) would print that thread's traceback,
+    and is raised again in the main thread at the next log call, where `fit` reports it in one line. So the thread's
+    OSErrors are not printed while this is active."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def fit(cfg: TrainConfig, opts: FitOptions):
     """Train `cfg` on `opts.data` into `opts.out`; returns the path of the last checkpoint."""
     quiet_lightning()
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from .checkpoint_io import AtomicCheckpointIO
+    from .checkpoint_io import AtomicCheckpointIO, os_error
     from .data import ChunkPairDataModule
     from .module import StemJEPAModule
 
@@ -118,6 +151,9 @@ def fit(cfg: TrainConfig, opts: FitOptions):
             raise CheckpointError(f"{last}: nothing to resume (no last.ckpt in {run_dir})")
         previous = read_checkpoint(last)
         saved, inherited = checkpoint_config(previous, last), recorded_songs(previous)
+        state = model_state(previous)  # the run's model is built from the file's config: check its size and tensors first
+        check_architecture(saved, tensor_specs(state), last, labels=checkpoint_labels(state))
+        check_finite_weights(state, last)
         if opts.max_steps is not None:  # extending a run is allowed (it stretches the cosine and EMA schedules)
             saved.max_steps = opts.max_steps
         # loader settings belong to the machine, not the run; everything else comes from the checkpoint
@@ -140,6 +176,7 @@ def fit(cfg: TrainConfig, opts: FitOptions):
         cfg.model.conditioning.classes = coarse + [cfg.data.unlabelled]
         cfg.model.conditioning.class_fallback = cfg.data.unlabelled
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    warn_if_nothing_logged(cfg)
     module = StemJEPAModule(cfg, labels=data_labels(cache, cfg.data.unlabelled))
     if init is not None:
         inherited = recorded_songs(init)
@@ -164,13 +201,13 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=1))
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:07d}", auto_insert_metric_name=False,
                                     every_n_train_steps=max(1, cfg.checkpoint_every), save_top_k=-1, save_last=True)
-    from .callbacks import LearningMonitor
+    from .callbacks import LearningMonitor, StepProgressBar
     from .songs_record import TrainingSongsRecord
 
     monitor = LearningMonitor(cfg.data.batch_size)
     callbacks = [checkpointing, monitor, TrainingSongsRecord(training_songs(cache.songs, inherited)), *opts.callbacks]
     if opts.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=1 if not on_gpu else 20))  # a refresh reads the loss: a device sync
+        callbacks.append(StepProgressBar(refresh_rate=1 if not on_gpu else 20))  # a refresh reads the loss: a device sync
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=opts.devices,
@@ -193,10 +230,16 @@ def fit(cfg: TrainConfig, opts: FitOptions):
     )
     started = time.time()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        trainer.save_checkpoint(last)
-    except OSError as exc:  # a log or checkpoint write failed (disk full...): checkpoints already there stay whole
-        raise WriteError(getattr(exc, "filename", None) or run_dir, exc) from None
+        with log_writer_errors_in_main_thread():
+            # weights_only: loading reads tensors and plain values only; saving writes the whole training state (for
+            # --resume), said explicitly so that Lightning does not log that it "defaults" to it
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+            trainer.save_checkpoint(last, weights_only=False)
+    except (OSError, RuntimeError) as exc:  # a log or checkpoint write failed (disk full...): checkpoints there stay whole
+        cause = os_error(exc)  # torch's zip writer raises a RuntimeError over the OSError of the write
+        if cause is None:
+            raise
+        raise WriteError(cause.filename or run_dir, cause) from None
     if trainer.is_global_zero:
         log.info("trained %d steps in %.1f s", trainer.global_step, time.time() - started)
         if monitor.verdict:
