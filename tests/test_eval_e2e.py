@@ -32,7 +32,9 @@ def test_eval_retrieval_with_tiny_checkpoint(tiny_checkpoint, toy_corpus, tmp_pa
     assert m["n_silent_excluded"] == 0
     assert m["has_predictor"] is True and m["n_songs_from_cache"] == 0
     # the checkpoint records its 4 training songs, which are the evaluated ones: reported, and refused with --strict
-    assert m["training_overlap"]["n_songs"] == 4 and m["distance"] == "l2" and m["chance"]["R@1"] == pytest.approx(100 / 16)
+    assert m["training_overlap"]["n_songs"] == 4 and m["chance"]["R@1"] == pytest.approx(100 / 16)
+    # ranked by the distance the (centred) tiny model was trained for, and the report says so
+    assert m["distance"] == "cosine" and "the ranking this model was trained for" in m["distance_reason"]
     assert main(argv + ["--strict", "--overwrite"]) == 2
     assert (out / "fig2.png").read_bytes()[:4] == b"\x89PNG"
     assert len((out / "rankings.csv").read_text().splitlines()) == 17
@@ -80,4 +82,5 @@ def test_eval_on_held_out_synthetic_moisesdb_fine_and_coarse(tiny_checkpoint, tm
     capsys.readouterr()
     assert main(["eval", "compare", str(runs["fine"]), str(runs["coarse"])]) == 0
     table = capsys.readouterr().out
-    assert "moisesdb fine: R@1" in table and "moisesdb coarse: R@1" in table
+    # the tiny model is centred: ranked by cosine, its own distance, which the column names say
+    assert "moisesdb fine [cosine]: R@1" in table and "moisesdb coarse [cosine]: R@1" in table

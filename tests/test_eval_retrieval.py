@@ -70,6 +70,7 @@ class FakeModel:
     checkpoint_path = None
     training_songs = None
     precision = "auto"
+    distance = "l2"
 
     def __init__(self, model_id="fake-1", oracle=None, has_predictor=True):
         self.model_id = model_id

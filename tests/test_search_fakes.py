@@ -41,6 +41,7 @@ class FakeModel:
     checkpoint_path = None
     training_songs = None
     precision = "auto"
+    distance = "cosine"
 
     def __init__(self, model_id: str = "fake-0001", delay: float = 0.0):
         self.model_id = model_id

@@ -29,9 +29,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--label-level", "--conditioning", dest="label_level", choices=("fine", "coarse"), default="fine",
                    help="which label of a stem its query is conditioned on: the most specific one or its category "
                    "(--conditioning: the old spelling)")
-    p.add_argument("--distance", choices=("l2", "cosine"), default="l2",
-                   help="ranking: Euclidean distance of the raw vectors (the paper's normalised rank; the default) or "
-                   "cosine similarity")
+    p.add_argument("--distance", choices=("l2", "cosine"), default=None,
+                   help="ranking: Euclidean distance of the raw vectors (the paper's normalised rank) or cosine similarity "
+                   "(default: the ranking the model was trained for: cosine for centred models such as the built-in "
+                   "ones, L2 for the paper's configs; the report says which)")
     p.add_argument("--reference-encoder", choices=("target", "context"), default="target",
                    help="encoder of the pool's reference stems: the EMA target encoder (what the predictor predicts) "
                    "(the default) or the context one")

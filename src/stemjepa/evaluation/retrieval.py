@@ -381,7 +381,7 @@ def evaluate_retrieval(
     silence_db: float = SILENCE_DB,
     device=None,
     progress: bool = True,
-    distance: str = "l2",
+    distance: str | None = None,
     reference_encoder: str = "target",
     strict: bool = False,
 ) -> dict:
@@ -389,13 +389,14 @@ def evaluate_retrieval(
 
     With `out_dir`, writes metrics.json, rankings.csv, analysis.csv, fig2.png and report.md there, and caches the
     embeddings in `cache_dir` (default OUT_DIR/cache; False: no cache). `label_map` renames labels into conditioning text
-    (default: MUSDB's "other" -> "music"). `distance`: "l2" (the paper's) or "cosine"; `reference_encoder`: "target" (EMA
+    (default: MUSDB's "other" -> "music"). `distance`: "l2" (the paper's) or "cosine"; None (default): the ranking the model
+    was trained for (`model.distance`: cosine for centred models, L2 for the paper's); `reference_encoder`: "target" (EMA
     target encoder, default) or "context". Songs the checkpoint was trained on are reported with a warning; `strict` refuses.
     """
     start = time.perf_counter()
     if not songs:
         raise DataError("no songs to evaluate")
-    if distance not in metrics.DISTANCES:
+    if distance is not None and distance not in metrics.DISTANCES:
         raise StemJepaError(f"distance must be one of {', '.join(metrics.DISTANCES)}, not {distance!r}")
     if reference_encoder not in REFERENCE_ENCODERS:
         raise StemJepaError(f"reference encoder must be one of {', '.join(REFERENCE_ENCODERS)}, not {reference_encoder!r}")
@@ -408,6 +409,8 @@ def evaluate_retrieval(
         model = model_or_ckpt
         checkpoint = None if model.checkpoint_path is None else str(model.checkpoint_path)
     model_id = str(model.model_id)
+    models_own = distance is None or distance == model.distance
+    distance = distance or model.distance
     seen = analysis.training_labels(model)  # before queries add new labels to the model's text table
     if label_map is None:
         label_map = default_label_map(dataset)
@@ -431,7 +434,8 @@ def evaluate_retrieval(
         **{k: result[k] for k in metrics.METRIC_KEYS + ("top1_k64", "n_queries", "n_pool")},
         "chance": metrics.chance_metrics(result["n_pool"]),
         "distance": distance,
-        "distance_reason": DISTANCE_REASON[distance],
+        "distance_reason": DISTANCE_REASON[distance] + ("; the ranking this model was trained for" if models_own else
+                                                        f"; not the model's own ranking ({model.distance})"),
         "reference_encoder": reference_encoder if model.has_predictor else "encoder",  # phase 1: one encoder
         "pool_diagnostics": pool_stats,
         "training_overlap": overlap,

@@ -93,6 +93,13 @@ class InferenceMixin:
         return self.config.conditioning.kind if self.has_predictor else "none"
 
     @property
+    def distance(self) -> str:
+        """The ranking the model was trained for: "cosine" for centred models (their InfoNCE compares batch-centred,
+        normalised embeddings; the CPU configs and the built-in models), "l2" for the paper's (Eq. 3 is an L2 loss on raw
+        embeddings, and the paper ranks by ||q - z||). Recorded by the model's config, so the file alone decides it."""
+        return "cosine" if self.config.center_embeddings else "l2"
+
+    @property
     def known_labels(self) -> list[str]:
         """Labels the model was trained with: the text table's labels, or the class names (none in phase 1)."""
         kind = self.conditioning_kind

@@ -34,6 +34,10 @@ class EmbeddingModel(Protocol):
         """Stable id of the weights: an index or cache built with another id is stale."""
 
     @property
+    def distance(self) -> str:
+        """The ranking it was trained for, "cosine" or "l2": evaluation ranks by it unless told otherwise."""
+
+    @property
     def known_labels(self) -> list[str]:
         """Instrument labels the model was trained with (suggestions; any text works with text conditioning)."""
 
