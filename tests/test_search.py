@@ -45,6 +45,21 @@ def test_held_out_bass_is_found_from_the_mix_without_it(library, tmp_path):
         assert [b[0].path for b in batch] == [str(root / "song0/bass.wav"), str(root / "song3/bass.wav")]
 
 
+def test_array_query_at_another_rate_is_resampled_before_it_is_checked(library, tmp_path):
+    from stemjepa.audio.io import resample
+
+    root, songs = library
+    build(root, tmp_path / "idx")
+    mix = songs[2]["keys"] + songs[2]["drums"]
+    stereo_48k = np.stack([resample(mix, SR, 48000)] * 2)  # (channels, N) at 48 kHz: 3x the samples of the 16 kHz mix
+    with StemIndex.open(tmp_path / "idx", model=FakeModel()) as index:
+        best = index.query(stereo_48k, "bass", k=1, sample_rate=48000)[0]
+        assert best.path == str(root / "song2" / "bass.wav") and best.cosine > 0.99
+        short = resample(mix[: int(0.5 * SR)], SR, 48000)  # 1.5x MIN_QUERY_SECONDS in samples at 16 kHz, 0.5 s at 48 kHz
+        with pytest.raises(AudioError, match="too short"):
+            index.query(short, "bass", k=1, sample_rate=48000)
+
+
 def test_best_offset_points_at_the_matching_chunk(tmp_path):
     root = tmp_path / "stems"
     # 7 s stem in 2 s chunks: noise, noise, 98 Hz tone (4-6 s), noise -> the bass part starts at 4 s

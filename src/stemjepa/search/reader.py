@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import CheckpointError, StemJepaError
+from ..errors import AudioError, CheckpointError, StemJepaError
 from .inputs import check_instrument, load_query
 from .scores import percentile, standardised
 from .snapshot import Snapshot, load_snapshot
@@ -171,18 +171,23 @@ class StemIndex:
         model = self.model
         sr = model.sample_rate
         waves = []
-        for mix in mixes:
-            wave, _ = load_query(mix, sr)
+        for i, mix in enumerate(mixes):
             if sample_rate and sample_rate != sr and not isinstance(mix, (str, Path)):
-                from ..audio.io import resample
+                from ..audio.io import array_to_mono
 
-                wave = resample(wave, sample_rate, sr)
+                mix = array_to_mono(mix, sample_rate, sr, f"mix {i + 1}")  # to the model's rate before length checks
+            wave, _ = load_query(mix, sr)
             waves.append(wave)
         embs = model.query_many(waves, labels, batch_size=batch_size, precision=self._precision)
         vectors = np.stack([np.asarray(e.vector, np.float32).reshape(-1) for e in embs])
-        if not np.all(np.isfinite(vectors)):
+        bad = [i for i, v in enumerate(vectors) if not np.all(np.isfinite(v))]
+        if len(bad) == len(vectors):
             raise CheckpointError(f"{model.checkpoint_path or 'the model'}: the model returned NaN or infinite "
-                                  "values for the query (damaged weights?)")
+                                  "values for every query (damaged weights?)")
+        if bad:
+            names = ", ".join(str(mixes[i]) if isinstance(mixes[i], (str, Path)) else f"mix {i + 1}" for i in bad)
+            raise AudioError(names, "the model returned NaN or infinite values for this mix (the other mixes were "
+                                    "fine); leave it out and query again")
         return self.search_vectors(vectors, k)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
