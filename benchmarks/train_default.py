@@ -189,8 +189,9 @@ def corpus_stats(folder: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------------- 2-3. training
 def train_stage(run: Path, config: str, steps: int, overrides: list[str], data: Path, init: Path | None, seed: int,
-                device: str, spec_extra: dict) -> tuple[Path, dict]:
-    """Train one phase into `run`, or reuse it when `run/stage.json` records the same settings."""
+                device: str, spec_extra: dict, max_minutes: float | None = None) -> tuple[Path, dict]:
+    """Train one phase into `run`, or reuse it when `run/stage.json` records the same settings; an interrupted run of the
+    same settings (`run/spec.json`) is resumed from its last checkpoint. `max_minutes` stops it early (a time box)."""
     from stemjepa.config import load_config, to_dict
     from stemjepa.training.fit import FitOptions, fit
     from stemjepa.training.rundir import last_logged
@@ -198,16 +199,30 @@ def train_stage(run: Path, config: str, steps: int, overrides: list[str], data: 
     cfg = load_config(config, [f"max_steps={steps}", f"seed={seed}", "data.num_workers=1", *overrides])
     spec = {"config": config, "steps": steps, "overrides": overrides, "seed": seed, "data": str(data), **spec_extra,
             "init": str(init) if init else None}
+    if max_minutes:
+        spec["max_minutes"] = max_minutes
     last = run / "checkpoints" / "last.ckpt"
     stage = read_json(run / "stage.json")
     if stage and stage.get("spec") == spec and last.is_file():
         log(f"{run.name}: reusing the finished run ({stage['seconds']:.0f} s of training)")
         return last, stage
-    log(f"{run.name}: training {config} for {steps} steps on {data.name} ({device})")
+    # beside the run folder (fit refuses a non-empty folder that is not yet one of its runs): what it is training, and
+    # for how long it has trained, so that an interrupted run of the same settings resumes instead of starting over
+    started = run.parent / f"{run.name}.started.json"
+    mark = read_json(started) or {}
+    resume = last.is_file() and mark.get("spec") == spec
+    before = float(mark.get("seconds", 0.0)) if resume else 0.0
+    log(f"{run.name}: {'resuming' if resume else 'training'} {config} for {steps} steps on {data.name} ({device})")
+    write_json(started, {"spec": spec, "seconds": before})
     t0, load0 = time.time(), os.getloadavg()[0]
-    last = fit(cfg, FitOptions(data=str(data), out=str(run), init=str(init) if init else None, device=device,
-                               progress=False, overwrite=True))
-    stage = {"spec": spec, "seconds": round(time.time() - t0, 1),
+    left = max_minutes * 60 - before if max_minutes else None
+    opts = FitOptions(data=str(data), out=str(run), init=None if resume or not init else str(init), device=device,
+                      progress=False, overwrite=not resume, resume=resume, max_time=left)
+    try:
+        last = fit(cfg, opts)
+    finally:
+        write_json(started, {"spec": spec, "seconds": round(before + time.time() - t0, 1)})
+    stage = {"spec": spec, "seconds": round(before + time.time() - t0, 1),
              "last_logged": {k: round(v, 4) for k, v in last_logged(run).items()},
              "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
              "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr, "config_resolved": to_dict(cfg)}
@@ -240,6 +255,24 @@ def evaluate(ckpt: Path, test: Path, out: Path, device: str) -> dict:
                                         for k in ("median_cosine", "spread", "rankme", "collapsed")},
                       training_overlap=m["training_overlap"].get("n_songs"))
     write_json(out / "result.json", result)
+    return result
+
+
+def generalization_figures(args, ckpt: Path, out: Path, device: str) -> dict:
+    """The model on the pools of benchmarks/generalization.py (held-out soundfont families, instruments, production)."""
+    import generalization as g
+
+    ns = argparse.Namespace(test_songs=32, test_seconds=20.0, production="full" if g.production_available() else "none",
+                            jobs=args.jobs, test_families=list(g.DEFAULT_TEST_FAMILIES))
+    gen_out = out / "generalization"
+    pools = g.pools(gen_out, ns)
+    per_pool = {fam: g.evaluate_model(str(ckpt), pool, gen_out / "eval" / digest([str(ckpt), str(pool)]), device)
+                for fam, pool in pools.items()}
+    result = {"test_families": list(pools), "held_out_instruments": list(g.HELD_OUT_INSTRUMENTS),
+              "production": ns.production, "pools": {f: {k: r[k] for k in ("cosine", "l2", "chance", "n_pool", "n_queries")}
+                                                    for f, r in per_pool.items()}}
+    result["all"] = g.mean_row(list(per_pool.values()))
+    log(f"generalisation (cosine, all pools): {result['all']['cosine']}, chance {result['all']['chance']}")
     return result
 
 
@@ -308,7 +341,7 @@ Held-out songs: {n_test} songs rendered with seeds never used for training ({tes
 
 Ranked by cosine (what the stem index uses) unless marked L2 (the paper's distance). Pool median pairwise cosine
 {median_cos}, RankMe {rankme} (a collapsed model has a median cosine near 1). The held-out songs use the same instruments
-and soundfonts as training: this measures retrieval on unseen songs, not on unseen instruments or real recordings.
+and soundfonts as training: this measures retrieval on unseen songs, not on unseen instruments or real recordings.{generalization}
 
 ## Limits
 
@@ -353,6 +386,42 @@ def timing_text(t: dict) -> str:
     return f"{part('Rendering the corpus', t['render'])}; {part('decoding it into the training cache', t['cache'])}."
 
 
+def production_phrase(corpus: dict) -> str:
+    """How the corpus was produced and which instruments it leaves out, for the card."""
+    text = (", each stem through a random production chain (EQ, compression, reverb and room, drive, modulation, levels "
+            "and fades; `--production full`, pedalboard)") if corpus.get("production") == "full" else ""
+    excluded = corpus.get("excluded_instruments") or []
+    return text + (f", without {', '.join(excluded)} (held out for the generalisation benchmark)" if excluded
+                   else ", every instrument of the palette allowed")
+
+
+def limits_text(production: str, width: int) -> str:
+    """LIMITS as they apply to this corpus and size."""
+    text = LIMITS
+    if production == "full":
+        text = text.replace("no mixing or mastering effects", "production chains of random effects (pedalboard) "
+                            "instead of real mixing and mastering")
+    if width > 128:
+        text = text.replace("It is a tiny model (3 transformer layers of 128 dimensions, 4 s chunks)",
+                            f"It is a small model ({width} dimensions, 4 s chunks)")
+    return text
+
+
+def generalization_text(gen: dict | None) -> str:
+    """The model card's paragraph and table of the generalisation benchmark (empty when it was not measured)."""
+    if not gen:
+        return ""
+    rows = [fmt_row(f"this model on `{fam}`", r["cosine"]) for fam, r in gen["pools"].items()]
+    rows.append(fmt_row("this model, all pools", gen["all"]["cosine"]))
+    rows.append(fmt_row("this model, all pools, L2", gen["all"]["l2"]))
+    rows.append(fmt_row("chance", gen["all"]["chance"]))
+    return ("\n\n### Generalisation (`benchmarks/generalization.py`)\n\nSongs rendered with soundfont families never used "
+            f"in training ({', '.join(gen['test_families'])}), each holding at least one instrument kept out of training "
+            f"({', '.join(gen['held_out_instruments'])}), with production chains of unseen seeds ({gen['production']}); "
+            "fine labels, cosine unless marked L2:\n\n| pool | R@1 | R@5 | R@10 | median rank |\n|---|---|---|---|---|\n"
+            + "\n".join(rows))
+
+
 def _round(x, digits: int):
     return round(x, digits) if isinstance(x, (int, float)) else x
 
@@ -365,7 +434,7 @@ def render_card(card: dict) -> str:
                          "held-out songs" for s in c["soundfonts"])
     corpus_text = (
         f"{c['train']['songs']} synthetic songs of {c['seconds']:g} s ({c['train']['hours']} h, {c['train']['stems']} "
-        f"stems) rendered from generated MIDI by `stemjepa synth` (FluidSynth), every instrument of the palette allowed: "
+        f"stems) rendered from generated MIDI by `stemjepa synth` (FluidSynth){production_phrase(c)}: "
         f"{c['train']['instruments']} distinct instruments heard in {len(c['train']['categories'])} categories "
         f"({', '.join(c['train']['categories'])}); drum kits written as one stem in {c['train']['songs_with_whole_kit']} "
         f"songs and split into kick / snare / toms / hi-hat / cymbals stems in {c['train']['songs_with_split_kit']}. "
@@ -395,7 +464,7 @@ def render_card(card: dict) -> str:
         n_test=ev["n_songs"], test_desc=f"{c['test']['songs']} songs of {c['test_seconds']:g} s, {c['test']['stems']} stems",
         n_pool=ev["n_pool"], n_queries=ev["n_queries"], rows="\n".join(rows),
         median_cos=_round(ev["pool_diagnostics"].get("median_cosine"), 3), rankme=_round(ev["pool_diagnostics"].get("rankme"), 1),
-        limits=card["limits"])
+        limits=card["limits"], generalization=generalization_text(card["evaluation"].get("generalization")))
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -418,6 +487,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed (both phases)")
     ap.add_argument("--soundfonts", nargs="+", default=None, metavar="SF2",
                     help="soundfonts to render with (default: every distinct General-MIDI soundfont installed)")
+    ap.add_argument("--production", default="none", choices=["none", "full"],
+                    help="per-stem production chains of the rendered songs (`stemjepa synth --production`; full needs "
+                         "pedalboard)")
+    ap.add_argument("--exclude-instruments", nargs="*", default=[], metavar="NAME",
+                    help="instruments kept out of every training and held-out song (e.g. those of the generalisation "
+                         "benchmark, so that its figures stay honest)")
+    ap.add_argument("--p1-minutes", type=float, default=None, help="time box of phase 1 (stops before its steps)")
+    ap.add_argument("--p2-minutes", type=float, default=None, help="time box of phase 2")
+    ap.add_argument("--generalization", action="store_true",
+                    help="also measure the model on the pools of benchmarks/generalization.py (held-out soundfont "
+                         "families, instruments and production) and write the figures in the card")
     ap.add_argument("--jobs", type=int, default=2, help="rendering processes")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device")
     ap.add_argument("--weights-dir", default=str(REPO / "src" / "stemjepa" / "weights"),
@@ -446,11 +526,13 @@ def main(argv=None) -> int:
     t0 = time.time()
     n_train, n_test = split_counts(args.train_songs, len(sfs)), split_counts(args.test_songs, len(sfs))
     train_parts, test_parts, sf_info = [], [], []
+    synth = {"exclude": tuple(args.exclude_instruments), "production": args.production}
     for i, sf2 in enumerate(sfs):
         jobs = max(1, min(args.jobs, n_train[i]))
-        train_parts.append((sf2, render_part(out, "train", i, sf2, n_train[i], args.seconds, TRAIN_SEED + i, jobs)))
+        train_parts.append((sf2, render_part(out, "train", i, sf2, n_train[i], args.seconds, TRAIN_SEED + i, jobs,
+                                             **synth)))
         test_parts.append((sf2, render_part(out, "test", i, sf2, n_test[i], args.test_seconds, TEST_SEED + i,
-                                            max(1, min(args.jobs, n_test[i])))))
+                                            max(1, min(args.jobs, n_test[i])), **synth)))
         sf_info.append({"file": sf2.name, "mb": round(sf2.stat().st_size / 1e6, 1), "train_songs": len(train_parts[-1][1]),
                         "test_songs": len(test_parts[-1][1]), "train_seed": TRAIN_SEED + i, "test_seed": TEST_SEED + i})
     render_s = time.time() - t0
@@ -475,15 +557,16 @@ def main(argv=None) -> int:
     p1_steps = args.p1_steps or load_config(args.p1_config).max_steps
     p2_steps = args.p2_steps or load_config(args.p2_config).max_steps
     p1_ckpt, p1 = train_stage(out / "runs" / "phase1", args.p1_config, p1_steps, args.p1, train_dir, None, args.seed,
-                              device, {})
+                              device, {}, args.p1_minutes)
     p2_ckpt, p2 = train_stage(out / "runs" / "phase2", args.p2_config, p2_steps, args.p2, train_dir, p1_ckpt, args.seed,
-                              device, {"phase1": digest(p1["spec"]), "phase1_seconds": p1["seconds"]})
+                              device, {"phase1": digest(p1["spec"]), "phase1_seconds": p1["seconds"]}, args.p2_minutes)
 
     # 4. evaluation
     eval_device = "cpu" if device == "cpu" else "auto"
     ev2 = evaluate(p2_ckpt, test_dir, out / "eval" / "phase2", eval_device)
     ev1 = evaluate(p1_ckpt, test_dir, out / "eval" / "phase1", eval_device)
     log(f"held-out (cosine): phase 2 {ev2['cosine']}, phase 1 {ev1['cosine']}, chance {ev2['chance']}")
+    gen = generalization_figures(args, p2_ckpt, out, eval_device) if args.generalization else None
 
     # 5. export, card, alias, MODEL_CARD.md
     from stemjepa import __version__
@@ -501,7 +584,8 @@ def main(argv=None) -> int:
         "created": created,
         "stemjepa_version": __version__,
         "model_id": str(model.model_id),
-        "summary": (f"tiny Stem-JEPA (phase 2, FiLM on MiniLM text) trained on {train_stats['songs']} General-MIDI "
+        "summary": (f"{'tiny' if d <= 128 else 'small'} Stem-JEPA (phase 2, FiLM on MiniLM text) trained on "
+                    f"{train_stats['songs']} General-MIDI "
                     f"synthetic songs ({train_stats['hours']} h, {len(sfs)} soundfont{'s' if len(sfs) > 1 else ''}); "
                     f"held-out R@10 {res['R@10']:.1f}% (chance {ev2['chance']['R@10']:.1f}%)"),
         "architecture": {"phase": model.phase, "embed_dim": d, "depth": depth, "heads": heads,
@@ -523,7 +607,8 @@ def main(argv=None) -> int:
                                + ", ".join(p.name for p in sfs)),
             "corpus": {"seconds": args.seconds, "test_seconds": args.test_seconds, "soundfonts": sf_info,
                        "train_seeds": [s["train_seed"] for s in sf_info], "test_seeds": [s["test_seed"] for s in sf_info],
-                       "train": train_stats, "test": test_stats, "generator": "stemjepa synth (stemjepa.data.synth)"},
+                       "train": train_stats, "test": test_stats, "generator": "stemjepa synth (stemjepa.data.synth)",
+                       "production": args.production, "excluded_instruments": list(args.exclude_instruments)},
             "phase1": {"config": args.p1_config, "steps": p1_steps, "overrides": args.p1, "seconds": p1["seconds"],
                        "batch_size": p1["batch_size"], "lr": p1["lr"], "last_logged": p1["last_logged"],
                        "load_average": p1.get("load_average"), "checkpoint": str(p1_ckpt)},
@@ -538,9 +623,10 @@ def main(argv=None) -> int:
             "held_out": {k: ev2[k] for k in ("cosine", "l2", "chance", "n_songs", "n_pool", "n_queries",
                                              "pool_diagnostics", "training_overlap")},
             "phase1": {"cosine": ev1["cosine"], "l2": ev1["l2"]},
+            "generalization": gen,
         },
         "machine": machine(),
-        "limits": LIMITS,
+        "limits": limits_text(args.production, d),
     }
     write_outputs(args, model, card, Path(args.weights_dir))
     write_json(out / "card.json", card)

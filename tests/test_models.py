@@ -303,3 +303,16 @@ def test_a_model_built_without_a_recipe_exports_its_model_config_and_phase(tmp_p
     assert saved["phase"] == 1 and saved["model"]["encoder"]["depth"] == 1 and "optim" not in saved
     loaded = load_export(tmp_path / "m.safetensors", device="cpu")
     assert loaded.model_id == model.model_id and loaded.config == model.config and loaded.phase == 1
+
+
+@pytest.mark.parametrize(("config", "distance"), [("paper_phase1", "l2"), ("paper_phase2", "l2"), ("tiny_phase1", "cosine"),
+                                                  ("tiny", "cosine")])
+def test_a_model_records_the_distance_it_was_trained_for(config, distance):
+    """Centred models are trained with InfoNCE on normalised vectors (cosine); the paper's with Eq. 3 on raw ones (L2)."""
+    from stemjepa.models.stemjepa import StemJEPA
+
+    cfg = load_config(config, ["model.encoder.embed_dim=32", "model.encoder.depth=1", "model.encoder.num_heads=2",
+                               "model.conditioning.kind=classes"])
+    with torch.device("meta"):  # only the config matters: nothing is allocated
+        model = StemJEPA(cfg.model, phase=cfg.phase)
+    assert model.distance == distance == ("cosine" if cfg.model.center_embeddings else "l2")

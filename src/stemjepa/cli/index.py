@@ -43,4 +43,7 @@ def run(args) -> int:
                           index_type=args.index_type, progress=not args.quiet, allow_empty=args.allow_empty,
                           precision=args.precision)
     print(summary.text())
+    if model.distance != "cosine":
+        print(f"  note: this model was trained for {model.distance} ranking (the paper's ||q - z||); the index ranks by cosine "
+              "of normalised vectors, which can order candidates differently (`eval retrieval` uses the model's own)")
     return 1 if summary.failed else 0
