@@ -272,6 +272,14 @@ def plot_curves(out: Path, png: Path) -> None:
         p2 = [p for p in r["curve"] if p["phase"] == "phase2"]
         if p2:
             ax.axvline(r["p1"]["seconds"] / 60, color=ax.lines[-1].get_color(), alpha=0.25, linestyle=":")
+    shown = set()
+    for table_file in sorted((out / "tables").glob("models-*.json"), reverse=True):  # newest first: one line per model
+        for row in read_json(table_file) or []:
+            if row.get("pool") == "all (weighted)" and row["model"] not in shown:
+                shown.add(row["model"])
+                r10 = row["cosine"]["R@10"]
+                ax.axhline(r10, linestyle="-.", alpha=0.6, color="C7" if len(shown) == 1 else f"C{len(shown) + 4}",
+                           label=f"{row['model']} ({r10:.1f})")
     chance = records[0]["curve"][0]["chance R@10"]
     ax.axhline(chance, color="grey", linestyle="--", label=f"chance ({chance:.1f})")
     ax.set_xlabel("training minutes (this CPU; dotted: phase 1 -> phase 2)")
