@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,21 @@ def wav_bytes(wave: np.ndarray, sr: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def upload(client, data: bytes, name: str = "mix.wav", content_type: str = "application/octet-stream", **headers):
+    """POST a mix to /api/uploads as the page does (extra headers, e.g. origin=..., as keywords)."""
+    return client.post("/api/uploads", params={"filename": name}, content=data,
+                       headers={"content-type": content_type, **headers})
+
+
+def run_query(client, body: dict) -> dict:
+    """Start a query and poll its job until it is done or failed (a bounded wait, not a timing assertion)."""
+    res = client.post("/api/queries", json=body)
+    assert res.status_code == 202, res.text
+    for _ in range(1200):
+        job = client.get(res.json()["job_url"]).json()
+        if job["state"] in ("done", "error"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"query did not finish: {job}")

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import io
 import os
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
-from app_helpers import MIX_SR, copy_library, index_library, mix_without, wav_bytes
+from app_helpers import MIX_SR, copy_library, index_library, mix_without, run_query, upload, wav_bytes
 from fastapi.testclient import TestClient
 
 from stemjepa.app import ServeConfig, create_app
@@ -47,20 +46,6 @@ def served(tiny_checkpoint, toy_corpus, tmp_path_factory):
                "engine": client.app.state.engine}
 
 
-def upload(client, data: bytes, name: str = "mix.wav"):
-    return client.post("/api/uploads", params={"filename": name}, content=data,
-                       headers={"content-type": "application/octet-stream"})
-
-
-def run_query(client, body: dict) -> dict:
-    res = client.post("/api/queries", json=body)
-    assert res.status_code == 202, res.text
-    for _ in range(1200):  # a bounded wait for the worker, not a timing assertion
-        job = client.get(res.json()["job_url"]).json()
-        if job["state"] in ("done", "error"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"query did not finish: {job}")
 
 
 def read_wav(res) -> tuple[np.ndarray, int]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from app_helpers import MIX_SR, copy_library, index_library, mix_without, wav_bytes
+from app_helpers import MIX_SR, copy_library, index_library, mix_without, run_query, upload, wav_bytes
 from fastapi.testclient import TestClient
 from faultkit import bounded, disk_full_after
 
@@ -58,20 +58,6 @@ def bomb(tmp_path_factory):
     return path
 
 
-def upload(client, data, name: str = "mix.wav", content_type: str = "application/octet-stream", **headers):
-    return client.post("/api/uploads", params={"filename": name}, content=data,
-                       headers={"content-type": content_type, **headers})
-
-
-def run_query(client, body: dict) -> dict:
-    res = client.post("/api/queries", json=body)
-    assert res.status_code == 202, res.text
-    for _ in range(1200):  # a bounded wait for the worker, not a timing assertion
-        job = client.get(res.json()["job_url"]).json()
-        if job["state"] in ("done", "error"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"query did not finish: {job}")
 
 
 def kept_uploads(engine) -> set:
