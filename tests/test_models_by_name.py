@@ -235,9 +235,9 @@ def test_builtin_model_id_is_the_card_id_and_queries_do_not_change_it(monkeypatc
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("STEMJEPA_WEIGHTS_DIR", raising=False)
-    entry = builtin_or_skip()[canonical_name("default")]
+    entry = builtin_or_skip()[canonical_name("stemjepa-tiny-synth-v1")]  # v1 stays loadable by name, unchanged
     assert json.loads(entry.file.with_suffix(".json").read_text())["model_id"] == "880a38d19dce618b"
-    model = stemjepa.load_model("default", device="cpu")
+    model = stemjepa.load_model("stemjepa-tiny-synth-v1", device="cpu")
     assert model.model_id == "880a38d19dce618b" == weights_digest(model)[:16]
     # written before `model.predictor.conditioning` was renamed `fusion`: the old key still loads
     assert "conditioning" in read_export(entry.file)[1]["config"]["model"]["predictor"]
@@ -365,3 +365,19 @@ def test_export_onnx_flag_writes_the_onnx_files(tiny_phase1_checkpoint, tmp_path
     assert "ONNX" in capsys.readouterr().out and (tmp_path / "m.reference.onnx").is_file()
     assert main(["export", str(tiny_phase1_checkpoint), str(out), "--onnx"]) == 2  # no silent overwrite
     assert "--force" in capsys.readouterr().err
+
+
+def test_builtin_v1_embeds_as_it_always_has():
+    """Pinned figures of `stemjepa-tiny-synth-v1` (fp32) on a fixed wave, measured with the code of before the v2 work:
+    a new default model or a change of the inference path must leave v1's answers as they were."""
+    import stemjepa
+
+    builtin_or_skip()
+    model = stemjepa.load_model("stemjepa-tiny-synth-v1", device="cpu").set_precision("fp32")
+    t = np.arange(16000 * 6) / 16000
+    w = (0.3 * np.sin(2 * np.pi * 110 * t) + 0.2 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 2 * t) > 0))
+    e, q = model.embed(w.astype(np.float32)).vector, model.query(w.astype(np.float32), "bass").vector
+    assert e[:6] == pytest.approx([0.0638, -0.0097, -0.1766, -0.2365, 0.0997, 0.2718], abs=2e-4)
+    assert q[:6] == pytest.approx([0.0162, 0.0167, 0.0221, 0.1517, 0.0540, -0.0415], abs=2e-4)
+    assert float(np.linalg.norm(e)) == pytest.approx(1.8091, abs=1e-3)
+    assert float(np.linalg.norm(q)) == pytest.approx(0.7925, abs=1e-3)
