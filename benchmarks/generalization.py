@@ -11,17 +11,20 @@ gap with material kept out of training on three axes at once:
 Each test soundfont is one pool (fine labels, the Table I protocol: every stem is a query with the mix of its song's other
 stems); the figures are R@1/5/10 and the median normalised rank, next to chance, by cosine and by L2.
 
-Three modes:
+Modes:
   models     evaluate models (names such as `stemjepa-tiny-synth-v1`, or checkpoint / export paths) on the test pools;
   train      train a recipe (phase 1 then phase 2, configs and overrides) on every other soundfont family and evaluate
              each saved checkpoint: R@10 against training minutes (the learning curve);
-  loso       leave-one-soundfont-out: for every family, train the recipe on the others and test on it; mean over folds.
+  loso       leave-one-soundfont-out: for every family, train the recipe on the others and test on it; mean over folds;
+  curve-of   the learning curve of a two-phase run trained elsewhere (train_default.py's runs/phase1, runs/phase2);
+  curve      plot every recorded curve, with the `models` results as reference lines.
 
 Usage:
   python benchmarks/generalization.py --out runs/gen models stemjepa-tiny-synth-v1 stemjepa-small-synth-v2
   python benchmarks/generalization.py --out runs/gen train --name tiny --p1-steps 300 --p2-steps 600
   python benchmarks/generalization.py --out runs/gen train --name small --p1 model.encoder.embed_dim=192 ...
   python benchmarks/generalization.py --out runs/gen loso --name tiny --p1-steps 200 --p2-steps 300
+  python benchmarks/generalization.py --out runs/gen curve-of --runs runs/default/runs --name small-v2   # a run made elsewhere
   python benchmarks/generalization.py --out runs/gen curve            # docs/img/generalization_curve.png from every run
 Renders, caches, runs and evaluations live under --out and are reused when re-run with the same settings. Run it under
 `nice` on a shared machine and one at a time: training times are part of the result.
@@ -238,6 +241,33 @@ def run_train(args) -> list[tuple[str, str, dict]]:
     return rows
 
 
+def run_curve_of(args) -> list[tuple[str, str, dict]]:
+    """The learning curve of a two-phase run trained elsewhere (e.g. by train_default.py: RUNS/phase1, RUNS/phase2 with
+    their stage.json), on the held-out pools; recorded beside the curves of the `train` mode."""
+    out, runs = Path(args.out), Path(args.runs)
+    test = pools(out, args)
+    stages = {ph: read_json(runs / ph / "stage.json") for ph in ("phase1", "phase2")}
+    missing = [ph for ph, st in stages.items() if not st]
+    if missing:
+        raise SystemExit(f"error: {runs}: no finished {' and '.join(missing)} (stage.json) to read a curve from")
+    curve, rows = [], []
+    for phase, minutes, ck in curve_points(runs, stages["phase1"], stages["phase2"]):
+        if phase not in args.phases:
+            continue
+        per_pool = [evaluate_model(str(ck), pool, out / "eval" / digest([str(ck), str(pool)]), args.device)
+                    for pool in test.values()]
+        m = mean_row(per_pool) if len(per_pool) > 1 else per_pool[0]
+        curve.append({"phase": phase, "minutes": round(minutes, 2), "checkpoint": ck.name, "R@10": m["cosine"]["R@10"],
+                      "R@1": m["cosine"]["R@1"], "median": m["cosine"]["norm_rank_median"], "chance R@10": m["chance"]["R@10"]})
+        log(f"{args.name} {phase} {ck.name} ({minutes:.1f} min): cosine {m['cosine']['R@10']:.1f} R@10")
+        rows.append((f"{args.name} {phase} {ck.name}", "all (weighted)", m))
+    record = {"name": args.name, "runs": str(runs), "test_families": list(test), "curve": curve,
+              "p1": {"seconds": stages["phase1"]["seconds"], "spec": stages["phase1"]["spec"]},
+              "p2": {"seconds": stages["phase2"]["seconds"], "spec": stages["phase2"]["spec"]}}
+    write_json(out / "curves" / f"{args.name}.json", record)
+    return rows
+
+
 def run_loso(args) -> list[tuple[str, str, dict]]:
     out = Path(args.out)
     fams = soundfonts_by_family()
@@ -320,6 +350,10 @@ def main(argv=None) -> int:
         t.add_argument("--p1", nargs="*", default=[], metavar="KEY=VALUE")
         t.add_argument("--p2", nargs="*", default=[], metavar="KEY=VALUE")
         t.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("curve-of", help="learning curve of a two-phase run trained elsewhere (train_default.py)")
+    r.add_argument("--runs", required=True, help="folder holding phase1/ and phase2/ run folders")
+    r.add_argument("--name", required=True)
+    r.add_argument("--phases", nargs="+", default=["phase1", "phase2"], choices=["phase1", "phase2"])
     c = sub.add_parser("curve", help="plot every recorded learning curve")
     c.add_argument("--png", default=str(REPO / "docs" / "img" / "generalization_curve.png"))
     args = ap.parse_args(argv)
@@ -334,7 +368,7 @@ def main(argv=None) -> int:
     if args.mode == "curve":
         plot_curves(out, Path(args.png))
         return 0
-    rows = {"models": run_models, "train": run_train, "loso": run_loso}[args.mode](args)
+    rows = {"models": run_models, "train": run_train, "loso": run_loso, "curve-of": run_curve_of}[args.mode](args)
     text = table(rows)
     print(text)
     stamp = time.strftime("%Y%m%d-%H%M%S")
