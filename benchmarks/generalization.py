@@ -208,6 +208,17 @@ def curve_points(runs: Path, p1: dict, p2: dict) -> list[tuple[str, float, Path]
     return points
 
 
+def curve_point(args, test: dict[str, Path], phase: str, minutes: float, ck: Path) -> tuple[dict, dict]:
+    """One point of a learning curve: checkpoint `ck` on every held-out pool (cached), and the pooled figures."""
+    out = Path(args.out)
+    per_pool = [evaluate_model(str(ck), pool, out / "eval" / digest([str(ck), str(pool)]), args.device)
+                for pool in test.values()]
+    m = mean_row(per_pool) if len(per_pool) > 1 else per_pool[0]
+    log(f"{args.name} {phase} {ck.name} ({minutes:.1f} min): cosine {m['cosine']['R@10']:.1f} R@10")
+    return ({"phase": phase, "minutes": round(minutes, 2), "checkpoint": ck.name, "R@10": m["cosine"]["R@10"],
+             "R@1": m["cosine"]["R@1"], "median": m["cosine"]["norm_rank_median"], "chance R@10": m["chance"]["R@10"]}, m)
+
+
 def run_train(args) -> list[tuple[str, str, dict]]:
     out = Path(args.out)
     fams = soundfonts_by_family()
@@ -220,12 +231,7 @@ def run_train(args) -> list[tuple[str, str, dict]]:
     curve = []
     rows = []
     for phase, minutes, ck in curve_points(runs, info["phase1"], info["phase2"]):
-        per_pool = [evaluate_model(str(ck), pool, out / "eval" / digest([str(ck), str(pool)]), args.device)
-                    for pool in test.values()]
-        m = mean_row(per_pool) if len(per_pool) > 1 else per_pool[0]
-        curve.append({"phase": phase, "minutes": round(minutes, 2), "checkpoint": ck.name, "R@10": m["cosine"]["R@10"],
-                      "R@1": m["cosine"]["R@1"], "median": m["cosine"]["norm_rank_median"], "chance R@10": m["chance"]["R@10"]})
-        log(f"{args.name} {phase} {ck.name} ({minutes:.1f} min): cosine {m['cosine']['R@10']:.1f} R@10")
+        curve.append(curve_point(args, test, phase, minutes, ck)[0])
     final = info["phase2"]["spec"]
     last = runs / "phase2" / "checkpoints" / "last.ckpt"
     for fam, pool in test.items():
@@ -254,12 +260,8 @@ def run_curve_of(args) -> list[tuple[str, str, dict]]:
     for phase, minutes, ck in curve_points(runs, stages["phase1"], stages["phase2"]):
         if phase not in args.phases:
             continue
-        per_pool = [evaluate_model(str(ck), pool, out / "eval" / digest([str(ck), str(pool)]), args.device)
-                    for pool in test.values()]
-        m = mean_row(per_pool) if len(per_pool) > 1 else per_pool[0]
-        curve.append({"phase": phase, "minutes": round(minutes, 2), "checkpoint": ck.name, "R@10": m["cosine"]["R@10"],
-                      "R@1": m["cosine"]["R@1"], "median": m["cosine"]["norm_rank_median"], "chance R@10": m["chance"]["R@10"]})
-        log(f"{args.name} {phase} {ck.name} ({minutes:.1f} min): cosine {m['cosine']['R@10']:.1f} R@10")
+        point, m = curve_point(args, test, phase, minutes, ck)
+        curve.append(point)
         rows.append((f"{args.name} {phase} {ck.name}", "all (weighted)", m))
     record = {"name": args.name, "runs": str(runs), "test_families": list(test), "curve": curve,
               "p1": {"seconds": stages["phase1"]["seconds"], "spec": stages["phase1"]["spec"]},
