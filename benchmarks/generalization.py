@@ -310,7 +310,7 @@ def plot_curves(out: Path, png: Path) -> None:
             if row.get("pool") == "all (weighted)" and row["model"] not in shown:
                 shown.add(row["model"])
                 r10 = row["cosine"]["R@10"]
-                ax.axhline(r10, linestyle="-.", alpha=0.6, color="C7" if len(shown) == 1 else f"C{len(shown) + 4}",
+                ax.axhline(r10, linestyle="-.", alpha=0.7, color=("C3", "C6", "C7", "C8", "C9")[(len(shown) - 1) % 5],
                            label=f"{row['model']} ({r10:.1f})")
     chance = records[0]["curve"][0]["chance R@10"]
     ax.axhline(chance, color="grey", linestyle="--", label=f"chance ({chance:.1f})")
@@ -318,7 +318,7 @@ def plot_curves(out: Path, png: Path) -> None:
     ax.set_ylabel("R@10 on held-out soundfonts (%)")
     ax.set_title("Generalisation: held-out soundfont, instruments and production")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left")  # the lower right holds the curves, the top the reference lines
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)

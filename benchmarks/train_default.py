@@ -223,12 +223,21 @@ def train_stage(run: Path, config: str, steps: int, overrides: list[str], data: 
     finally:
         write_json(started, {"spec": spec, "seconds": round(before + time.time() - t0, 1)})
     stage = {"spec": spec, "seconds": round(before + time.time() - t0, 1),
-             "last_logged": {k: round(v, 4) for k, v in last_logged(run).items()},
+             "last_logged": {k: round(v, 4) for k, v in last_logged(run).items()}, "steps_reached": steps_reached(run),
              "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
              "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr, "config_resolved": to_dict(cfg)}
     write_json(run / "stage.json", stage)
     log(f"{run.name}: {stage['seconds']:.0f} s, last logged {stage['last_logged']}")
     return last, stage
+
+
+def steps_reached(run: Path) -> int | None:
+    """Optimiser steps a run made (a time-boxed run stops before its max_steps), from its logs."""
+    import csv
+
+    steps = [int(row["step"]) for f in Path(run, "logs").glob("version_*/metrics.csv") for row in csv.DictReader(open(f))
+             if row.get("step", "").isdigit()]
+    return max(steps) + 1 if steps else None
 
 
 # ----------------------------------------------------------------------------------------------- 4. evaluation
@@ -299,7 +308,7 @@ def fmt_row(name: str, r: dict) -> str:
 
 MODEL_CARD = """# Model card: `{name}` (built-in model, alias `{alias}`)
 
-Written by `benchmarks/train_default.py` on {created}; every figure below was measured by that run. Regenerate with:
+Written by {writer} on {created}; every figure below was measured by that run. Regenerate with:
 
 ```
 {command}
@@ -308,7 +317,7 @@ Written by `benchmarks/train_default.py` on {created}; every figure below was me
 ## What it is
 
 The model `stemjepa index`, `query`, `embed`, `eval` and `serve` use when no `--model` is given (`stemjepa models` lists
-it; `stemjepa.load_model()` in Python, `torch.hub.load(repo_dir, "stemjepa", source="local")`). A tiny Stem-JEPA:
+it; `stemjepa.load_model()` in Python, `torch.hub.load(repo_dir, "stemjepa", source="local")`). A {size} Stem-JEPA:
 log-mel front-end, ViT encoder ({enc}), its EMA target encoder (embeds library stems), a {pred_layers}-layer token-wise
 MLP predictor with FiLM conditioning on MiniLM text embeddings (free-text instruments; {n_labels} training labels cached
 in the file), {params:,} parameters. File: `src/stemjepa/weights/{file}`, {mb:.1f} MB (safetensors, float32, no pickle),
@@ -360,9 +369,9 @@ def write_outputs(args, model, card: dict, weights: Path) -> None:
     export_model(model, tmp, force=True, source=card["training"]["phase2"]["checkpoint"],
                  extra_metadata={"name": args.name, "created": card["created"]})
     mb = tmp.stat().st_size / 1e6
-    if mb > MAX_MB:
+    if mb > args.max_mb:
         tmp.unlink()
-        raise SystemExit(f"error: the export is {mb:.1f} MB, over the {MAX_MB:.0f} MB limit of a built-in model")
+        raise SystemExit(f"error: the export is {mb:.1f} MB, over the {args.max_mb:.0f} MB limit of a built-in model")
     os.replace(tmp, target)
     card["file"] = target.name
     card["bytes"] = target.stat().st_size
@@ -395,9 +404,9 @@ def production_phrase(corpus: dict) -> str:
                    else ", every instrument of the palette allowed")
 
 
-def limits_text(production: str, width: int) -> str:
-    """LIMITS as they apply to this corpus and size."""
-    text = LIMITS
+def limits_text(production: str, width: int, device: str = "cpu") -> str:
+    """LIMITS as they apply to this corpus, size and training device."""
+    text = LIMITS if device == "cpu" else LIMITS.replace("trained for minutes on a CPU", "trained for minutes on one GPU")
     if production == "full":
         text = text.replace("no mixing or mastering effects", "production chains of random effects (pedalboard) "
                             "instead of real mixing and mastering")
@@ -447,6 +456,7 @@ def render_card(card: dict) -> str:
     m = card["machine"]
     return MODEL_CARD.format(
         name=card["name"], alias=card.get("alias") or "-", created=card["created"], command=t["command"],
+        writer=card.get("writer", "`benchmarks/train_default.py`"), size="tiny" if arch["embed_dim"] <= 128 else "small",
         enc=f"{arch['embed_dim']} d, {arch['depth']} layers, {arch['heads']} heads, {arch['chunk_seconds']:g} s chunks",
         pred_layers=arch["predictor_layers"], n_labels=arch["n_text_labels"], params=arch["parameters"], file=card["file"],
         mb=card["bytes"] / 1e6, model_id=card["model_id"], corpus_text=corpus_text,
@@ -499,6 +509,8 @@ def main(argv=None) -> int:
                     help="also measure the model on the pools of benchmarks/generalization.py (held-out soundfont "
                          "families, instruments and production) and write the figures in the card")
     ap.add_argument("--jobs", type=int, default=2, help="rendering processes")
+    ap.add_argument("--max-mb", type=float, default=MAX_MB,
+                    help=f"refuse an export larger than this (default {MAX_MB:g} MB: the repository ships the weights)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device")
     ap.add_argument("--weights-dir", default=str(REPO / "src" / "stemjepa" / "weights"),
                     help="where the built-in model is written (the package's weights folder)")
@@ -609,10 +621,12 @@ def main(argv=None) -> int:
                        "train_seeds": [s["train_seed"] for s in sf_info], "test_seeds": [s["test_seed"] for s in sf_info],
                        "train": train_stats, "test": test_stats, "generator": "stemjepa synth (stemjepa.data.synth)",
                        "production": args.production, "excluded_instruments": list(args.exclude_instruments)},
-            "phase1": {"config": args.p1_config, "steps": p1_steps, "overrides": args.p1, "seconds": p1["seconds"],
+            "phase1": {"config": args.p1_config, "steps": p1.get("steps_reached") or p1_steps, "max_steps": p1_steps,
+                       "overrides": args.p1, "seconds": p1["seconds"],
                        "batch_size": p1["batch_size"], "lr": p1["lr"], "last_logged": p1["last_logged"],
                        "load_average": p1.get("load_average"), "checkpoint": str(p1_ckpt)},
-            "phase2": {"config": args.p2_config, "steps": p2_steps, "overrides": args.p2, "seconds": p2["seconds"],
+            "phase2": {"config": args.p2_config, "steps": p2.get("steps_reached") or p2_steps, "max_steps": p2_steps,
+                       "overrides": args.p2, "seconds": p2["seconds"],
                        "batch_size": p2["batch_size"], "lr": p2["lr"], "last_logged": p2["last_logged"],
                        "load_average": p2.get("load_average"), "checkpoint": str(p2_ckpt), "init": "phase 1"},
         },
@@ -626,7 +640,7 @@ def main(argv=None) -> int:
             "generalization": gen,
         },
         "machine": machine(),
-        "limits": limits_text(args.production, d),
+        "limits": limits_text(args.production, d, "cpu" if device == "cpu" or not machine()["gpu"] else "cuda"),
     }
     write_outputs(args, model, card, Path(args.weights_dir))
     write_json(out / "card.json", card)

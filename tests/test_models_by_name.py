@@ -381,3 +381,41 @@ def test_builtin_v1_embeds_as_it_always_has():
     assert q[:6] == pytest.approx([0.0162, 0.0167, 0.0221, 0.1517, 0.0540, -0.0415], abs=2e-4)
     assert float(np.linalg.norm(e)) == pytest.approx(1.8091, abs=1e-3)
     assert float(np.linalg.norm(q)) == pytest.approx(0.7925, abs=1e-3)
+
+
+def test_builtin_v2_embeds_as_it_did_when_it_was_the_default():
+    """Pinned figures of `stemjepa-small-synth-v2` (fp32) on the fixed wave above, measured when v3 replaced it as the
+    default: v2 stays loadable by name and answers as before (indexes built with it keep working)."""
+    import stemjepa
+
+    builtin_or_skip()
+    model = stemjepa.load_model("stemjepa-small-synth-v2", device="cpu").set_precision("fp32")
+    assert model.model_id == "8f299f3f6bbbfca2" and model.distance == "cosine"
+    t = np.arange(16000 * 6) / 16000
+    w = (0.3 * np.sin(2 * np.pi * 110 * t) + 0.2 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 2 * t) > 0))
+    e, q = model.embed(w.astype(np.float32)).vector, model.query(w.astype(np.float32), "bass").vector
+    assert e[:6] == pytest.approx([-0.1835, 0.0388, -0.1124, -0.0694, 0.1357, 0.1645], abs=2e-4)
+    assert q[:6] == pytest.approx([0.0419, 0.0245, 0.0739, 0.0219, 0.1216, 0.0441], abs=2e-4)
+    assert float(np.linalg.norm(e)) == pytest.approx(1.7020, abs=1e-3)
+    assert float(np.linalg.norm(q)) == pytest.approx(0.9045, abs=1e-3)
+
+
+def test_default_is_v3_and_its_card_holds_the_generalisation_figures():
+    """The default model is v3 (trained on a GPU by benchmarks/train_gpu.py); its card names the corpus, the recipe, the
+    device and the held-out figures next to chance, and its weights are the card's (sha256)."""
+    import hashlib
+
+    import stemjepa
+    from stemjepa.models.registry import canonical_name
+
+    entries = builtin_or_skip()
+    assert canonical_name("default") == "stemjepa-small-synth-v3"
+    entry = entries["stemjepa-small-synth-v3"]
+    card = json.loads(entry.file.with_suffix(".json").read_text())
+    assert hashlib.sha256(entry.file.read_bytes()).hexdigest() == card["sha256"]
+    assert stemjepa.load_model(device="cpu").model_id == card["model_id"] == "bb374552c9cca3c6"
+    assert card["machine"]["gpu"] and card["training"]["device"] == "cuda"
+    assert card["training"]["corpus"]["production"] == "full" and card["training"]["corpus"]["train"]["songs"] == 1024
+    assert card["training"]["phase2"]["steps"] < card["training"]["phase2"]["max_steps"]  # time-boxed: steps reached
+    gen = card["evaluation"]["generalization"]["all"]
+    assert gen["cosine"]["R@10"] > 10 * gen["chance"]["R@10"] and gen["cosine"]["R@1"] > 30
