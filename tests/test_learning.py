@@ -139,6 +139,26 @@ def test_phase2_contrastive_term_is_infonce_of_batch_centred_pooled_prediction_a
     assert loss.item() > eq3.item()
 
 
+def test_loss_terms_are_logged_by_name_and_sum_to_the_loss():
+    """Phase 2 logs Eq. 3 (`loss_jepa`) and the pooled InfoNCE (`loss_contrast`) apart; the loss is jepa + w * contrast.
+    Phase 1 logs its one term, Eq. 1 (`loss_infonce`)."""
+    import lightning as L
+
+    from stemjepa.config import load_config
+    from stemjepa.training.module import StemJEPAModule
+
+    module = _phase2_module(["jepa.contrastive_weight=0.5"])
+    loss, extra = module.compute_loss(_batch(module.model))
+    assert loss.item() == pytest.approx((extra["loss_jepa"] + 0.5 * extra["loss_contrast"]).item(), abs=1e-6)
+    module = _phase2_module(["jepa.contrastive_weight=0"])
+    loss, extra = module.compute_loss(_batch(module.model))
+    assert "loss_contrast" not in extra and loss.item() == pytest.approx(extra["loss_jepa"].item())
+    phase1 = StemJEPAModule(load_config("tiny_phase1", ["model.encoder.depth=1"]))
+    phase1.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    loss, extra = phase1.compute_loss(_batch(phase1.model))
+    assert loss.item() == pytest.approx(extra["loss_infonce"].item()) and loss.requires_grad
+
+
 def test_context_negative_is_a_stem_of_the_samples_own_mix():
     module = _phase2_module(["jepa.contrastive_weight=1.0", "contrastive.context_negatives=true"])
     batch = _batch(module.model)

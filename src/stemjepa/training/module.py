@@ -64,46 +64,64 @@ class StemJEPAModule(L.LightningModule):
 
     # --- steps -------------------------------------------------------------------------------------------------------------
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict]:
+        """The phase's objective on one batch: (loss, logged values), the loss terms among them as `loss_<term>`."""
         target = batch["target"].float()
         context = mix_context(batch["context"], batch["owner"], batch["gains"], target.shape[0])
         contrasts = self.cfg.phase == 1 or self.cfg.jepa.contrastive_weight > 0  # phase 2 uses negatives only in that term
         use_hard = self.cfg.contrastive.context_negatives and contrasts
         hard, hard_mask = self._context_negatives(batch) if use_hard else (None, None)
         if self.cfg.phase == 1:
-            z = self.model.encode(torch.cat([context, target] + ([hard] if hard is not None else [])))  # one pass
-            s, s_bar, *h = z.float().mean(dim=(1, 2)).chunk(3 if hard is not None else 2)
-            h = h[0] if h else None
-            if self.trainer.world_size > 1:  # Eq. 1 over the global batch: every rank sees the other ranks' negatives
-                s = self.all_gather(s, sync_grads=True).flatten(0, 1)
-                s_bar = self.all_gather(s_bar, sync_grads=True).flatten(0, 1)
-                if h is not None:
-                    h = self.all_gather(h, sync_grads=True).flatten(0, 1)
-                    hard_mask = self.all_gather(hard_mask).flatten(0, 1)
-            if self.model.center_embeddings:  # InfoNCE on batch-centred embeddings, running means kept for inference
-                self.model.update_centers(s, s_bar)
-                key_mean = s_bar.mean(0)
-                s, s_bar = s - s.mean(0), s_bar - key_mean
-                h = h - key_mean if h is not None else None
-            temperature = self.model.log_temperature.exp().clamp(min=self.cfg.contrastive.temperature_min)
-            loss = info_nce(s, s_bar, temperature, self.cfg.contrastive.symmetric, h, hard_mask)
-            return loss, {"temperature": temperature.detach(), **self._diagnostics(s, s_bar)}
+            return self._phase1_loss(context, target, hard, hard_mask)
+        return self._phase2_loss(context, target, list(batch["label"]), hard, hard_mask)
+
+    def _phase1_loss(self, context, target, hard, hard_mask) -> tuple[torch.Tensor, dict]:
+        """Eq. 1: InfoNCE between the pooled embeddings of a mix and of its missing stem, over the global batch."""
+        z = self.model.encode(torch.cat([context, target] + ([hard] if hard is not None else [])))  # one pass
+        s, s_bar, *h = z.float().mean(dim=(1, 2)).chunk(3 if hard is not None else 2)
+        s, s_bar, h, hard_mask = (self._gather(x) for x in (s, s_bar, h[0] if h else None, hard_mask))
+        if self.model.center_embeddings:  # running means of the global batch, kept for inference
+            self.model.update_centers(s, s_bar)
+        temperature = self.model.log_temperature.exp().clamp(min=self.cfg.contrastive.temperature_min)
+        loss, s, s_bar = self._contrast(s, s_bar, temperature, self.cfg.contrastive.symmetric, h, hard_mask)
+        return loss, {"loss_infonce": loss.detach(), "temperature": temperature.detach(), **self._diagnostics(s, s_bar)}
+
+    def _phase2_loss(self, context, target, labels: list[str], hard, hard_mask) -> tuple[torch.Tensor, dict]:
+        """Eq. 3: the token-wise distance between the prediction from the mix (conditioned on the label) and the EMA
+        target encoder's tokens of the stem; plus, with `jepa.contrastive_weight` (not in the paper), InfoNCE between
+        the pooled prediction and the pooled targets of the global batch."""
         z = self.model.encode(context)
         with torch.no_grad():
             z_bar = self.model.encode(target, target=True)
             h = self.model.encode(hard, target=True).float().mean(dim=(1, 2)) if hard is not None else None
-        pred = self.model.predict(z, list(batch["label"]))
-        loss = jepa_loss(pred, z_bar, self.cfg.jepa.loss_reduction, self.cfg.jepa.standardize_targets)
+        pred = self.model.predict(z, labels)
+        terms = {"jepa": jepa_loss(pred, z_bar, self.cfg.jepa.loss_reduction, self.cfg.jepa.standardize_targets)}
         pooled_pred, pooled_target = pred.float().mean(dim=(1, 2)), z_bar.float().mean(dim=(1, 2))
+        loss = terms["jepa"]
         if self.cfg.jepa.contrastive_weight > 0:
-            loss = loss + self.cfg.jepa.contrastive_weight * self._pooled_contrast(pooled_pred, pooled_target, h, hard_mask)
-        if self.model.center_embeddings:
-            if self.trainer.world_size > 1:  # the global batch's means, so that every rank keeps the same running means
-                self.model.update_centers(self.all_gather(pooled_pred.detach()).flatten(0, 1),
-                                          self.all_gather(pooled_target).flatten(0, 1))
-            else:
-                self.model.update_centers(pooled_pred, pooled_target)
+            q, k, h, hard_mask = (self._gather(x) for x in (pooled_pred, pooled_target, h, hard_mask))
+            terms["contrast"], _, _ = self._contrast(q, k, self.cfg.jepa.contrastive_temperature, False, h, hard_mask)
+            loss = loss + self.cfg.jepa.contrastive_weight * terms["contrast"]
+        if self.model.center_embeddings:  # the global batch's means, so that every rank keeps the same running means
+            self.model.update_centers(self._gather(pooled_pred.detach()), self._gather(pooled_target))
             pooled_pred, pooled_target = pooled_pred - self.model.query_center, pooled_target - self.model.reference_center
-        return loss, self._diagnostics(pooled_pred, pooled_target)
+        logged = {f"loss_{name}": value.detach() for name, value in terms.items()}
+        return loss, {**logged, **self._diagnostics(pooled_pred, pooled_target)}
+
+    def _gather(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """`x` over the global batch (every rank's part, concatenated); gradients flow back to this rank's part when `x`
+        carries them. One process: `x` itself."""
+        if x is None or self.trainer.world_size <= 1:
+            return x
+        return self.all_gather(x, sync_grads=x.requires_grad).flatten(0, 1)
+
+    def _contrast(self, queries, keys, temperature, symmetric: bool, hard=None, hard_mask=None):
+        """InfoNCE of (already gathered) queries against keys, each query's own key its positive and `hard` an extra
+        negative; on batch-centred embeddings when the model centres them. Returns (loss, queries, keys) as ranked."""
+        if self.model.center_embeddings:
+            key_mean = keys.mean(0)
+            queries, keys = queries - queries.mean(0), keys - key_mean
+            hard = hard - key_mean if hard is not None else None
+        return info_nce(queries, keys, temperature, symmetric, hard, hard_mask), queries, keys
 
     def _context_negatives(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One stem of each sample's own context mix (its first, at the gain it was mixed with), and a mask of the samples
@@ -113,20 +131,6 @@ class StemJEPAModule(L.LightningModule):
         first = (torch.cumsum(counts, 0) - counts).clamp(max=len(owner) - 1)  # stems are packed sample by sample
         hard = batch["context"][first].float() * batch["gains"][first].float()[:, None]
         return hard, counts >= 2
-
-    def _pooled_contrast(self, pred: torch.Tensor, target: torch.Tensor, hard, hard_mask) -> torch.Tensor:
-        """InfoNCE between pooled predictions and pooled (EMA, no gradient) targets of the batch, batch-centred when the
-        model centres its embeddings (`jepa.contrastive_weight`, not in the paper)."""
-        if self.trainer.world_size > 1:
-            pred = self.all_gather(pred, sync_grads=True).flatten(0, 1)
-            target = self.all_gather(target).flatten(0, 1)
-            if hard is not None:
-                hard, hard_mask = self.all_gather(hard).flatten(0, 1), self.all_gather(hard_mask).flatten(0, 1)
-        if self.model.center_embeddings:
-            key_mean = target.mean(0)
-            pred, target = pred - pred.mean(0), target - key_mean
-            hard = hard - key_mean if hard is not None else None
-        return info_nce(pred, target, self.cfg.jepa.contrastive_temperature, False, hard, hard_mask)
 
     def _diagnostics(self, queries: torch.Tensor, keys: torch.Tensor) -> dict:
         """Learning and collapse diagnostics of the pooled embeddings of a batch, on logging steps only: in-batch top-1
