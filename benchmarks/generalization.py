@@ -201,7 +201,7 @@ def curve_points(runs: Path, p1: dict, p2: dict) -> list[tuple[str, float, Path]
     """(phase, training minutes, checkpoint) for every saved step checkpoint; minutes pro rata of the phase's time."""
     points = []
     for phase, stage, offset in (("phase1", p1, 0.0), ("phase2", p2, p1["seconds"])):
-        steps = stage["spec"]["steps"]
+        steps = stage.get("steps_reached") or stage["spec"].get("steps") or stage["config_resolved"]["max_steps"]
         for ck in sorted((runs / phase / "checkpoints").glob("step*.ckpt")):
             step = int(re.sub(r"\D", "", ck.stem))
             points.append((phase, (offset + stage["seconds"] * min(step, steps) / steps) / 60, ck))

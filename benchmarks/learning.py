@@ -21,7 +21,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -32,29 +31,22 @@ METRICS = ("R@1", "R@5", "R@10", "norm_rank_median")
 
 
 def run_arm(arm: str, seed: int, args, p1_ckpt: Path | None) -> tuple[Path, dict]:
-    from stemjepa.config import load_config
     from stemjepa.data.multitrack import read_folder
     from stemjepa.evaluation.retrieval import evaluate_retrieval
-    from stemjepa.training.fit import FitOptions, fit
     from stemjepa.training.rundir import last_logged
+    from stemjepa.training.stage import train_stage
 
     run = Path(args.out) / f"{arm}-seed{seed}"
     result_file = run / "result.json"
-    last = run / "checkpoints" / "last.ckpt"
-    if result_file.is_file() and last.is_file():
-        return last, json.loads(result_file.read_text())
     config, steps, overrides = ((args.phase1_config, args.phase1_steps, args.p1) if arm == "a"
                                 else (args.phase2_config, args.phase2_steps, args.p2))
-    timing = run / "train_seconds.json"
-    if last.is_file() and timing.is_file():  # trained, not yet evaluated
-        train_s = json.loads(timing.read_text())["seconds"]
-    else:
-        cfg = load_config(config, [f"max_steps={steps}", f"seed={seed}", "data.num_workers=1", *overrides])
-        t0 = time.time()
-        last = fit(cfg, FitOptions(data=args.train, out=str(run), init=str(p1_ckpt) if arm == "c" else None, device="cpu",
-                                   progress=False, overwrite=True))
-        train_s = time.time() - t0
-        timing.write_text(json.dumps({"seconds": train_s}))
+    stage = train_stage(run, config, [f"max_steps={steps}", f"seed={seed}", "data.num_workers=1", *overrides],
+                        Path(args.train), p1_ckpt if arm == "c" else None, device="cpu", log=lambda msg: None)
+    last, train_s = stage.checkpoint, stage.seconds
+    if stage.reused and result_file.is_file():  # evaluated with these very settings
+        result = json.loads(result_file.read_text())
+        if result.get("stage") == stage.record["digest"]:
+            return last, result
     songs, _ = read_folder(args.test)
     m = evaluate_retrieval(str(last), songs, "fine", run / "eval", dataset="folder", split="held-out", cache_dir=run / "cache",
                            overwrite=True, progress=False, distance="cosine")
@@ -68,7 +60,7 @@ def run_arm(arm: str, seed: int, args, p1_ckpt: Path | None) -> tuple[Path, dict
               **{f"train {k}": round(v, 3) for k, v in last_logged(run).items()},
               "pool_spread": round(pool["spread"], 3), "pool_rankme": round(pool["rankme"], 1),
               "pool_median_cosine": round(pool["median_cosine"], 3), "pool_collapsed": pool["collapsed"],
-              "overrides": overrides}
+              "overrides": overrides, "stage": stage.record["digest"]}
     result_file.write_text(json.dumps(result, indent=1))
     return last, result
 

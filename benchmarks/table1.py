@@ -65,24 +65,13 @@ class Steps:
 
 
 def train_row(key: str, config: str, args, overrides: list[str], init: Path | None) -> Path:
-    """Train one row, or resume it, or skip it when its last checkpoint already reached max_steps."""
-    from stemjepa.config import load_config
-    from stemjepa.models.checkpoint import read_checkpoint
-    from stemjepa.training.fit import FitOptions, fit
+    """Train one row, or resume it, or reuse it when it finished with the same settings (stemjepa.training.stage)."""
+    from stemjepa.training.stage import train_stage
 
-    cfg = load_config(config, overrides)
     run = Path(args.out) / "runs" / key
-    last = run / "checkpoints" / "last.ckpt"
-    common = dict(data=args.train, out=str(run), device=args.device, devices=args.devices, progress=not args.quiet)
-    if last.is_file():
-        done = int(read_checkpoint(last).get("global_step", 0))
-        if done >= cfg.max_steps:
-            print(f"[{key}] trained ({done} steps): skipped", flush=True)
-            return last
-        print(f"[{key}] resuming at step {done} of {cfg.max_steps}", flush=True)
-        return fit(cfg, FitOptions(**common, resume=True, max_steps=cfg.max_steps))
-    print(f"[{key}] training {config} for {cfg.max_steps} steps" + (f" from {init}" if init else ""), flush=True)
-    return fit(cfg, FitOptions(**common, init=str(init) if init else None, overwrite=True))
+    stage = train_stage(run, config, overrides, Path(args.train), init, device=args.device, progress=not args.quiet,
+                        log=lambda msg: print(f"[{key}] {msg}", flush=True), devices=args.devices)
+    return stage.checkpoint
 
 
 def musdb_layout(root: Path) -> str:

@@ -32,11 +32,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from stemjepa.config import load_config
     from stemjepa.data.multitrack import read_folder
     from stemjepa.evaluation.report import compare_table
     from stemjepa.evaluation.retrieval import evaluate_retrieval
-    from stemjepa.training.fit import FitOptions, fit
+    from stemjepa.training.stage import train_stage
 
     out = Path(args.out)
     songs, _ = read_folder(args.test)
@@ -44,11 +43,8 @@ def main() -> None:
     for name, config, init in ROWS:
         run = out / "runs" / config
         t0 = time.time()
-        last = run / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            cfg = load_config(config, [f"max_steps={args.steps}", f"seed={args.seed}", "log_every=10"])
-            last = fit(cfg, FitOptions(data=args.train, out=str(run), init=str(ckpts[init]) if init else None, device="cpu",
-                                       progress=False, overwrite=True))
+        last = train_stage(run, config, [f"max_steps={args.steps}", f"seed={args.seed}", "log_every=10"], Path(args.train),
+                           ckpts[init] if init else None, device="cpu", log=lambda msg: None).checkpoint
         ckpts[name] = last
         train_s = time.time() - t0
         for cond in ("fine", "coarse"):

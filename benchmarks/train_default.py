@@ -190,54 +190,14 @@ def corpus_stats(folder: Path) -> dict:
 # ----------------------------------------------------------------------------------------------- 2-3. training
 def train_stage(run: Path, config: str, steps: int, overrides: list[str], data: Path, init: Path | None, seed: int,
                 device: str, spec_extra: dict, max_minutes: float | None = None) -> tuple[Path, dict]:
-    """Train one phase into `run`, or reuse it when `run/stage.json` records the same settings; an interrupted run of the
-    same settings (`run/spec.json`) is resumed from its last checkpoint. `max_minutes` stops it early (a time box)."""
-    from stemjepa.config import load_config, to_dict
-    from stemjepa.training.fit import FitOptions, fit
-    from stemjepa.training.rundir import last_logged
+    """One phase through the package's stage runner (stemjepa.training.stage: reused when its stage.json records the same
+    settings, resumed when interrupted); `max_minutes` is a time box, and part of the settings."""
+    from stemjepa.training.stage import train_stage as run_stage
 
-    cfg = load_config(config, [f"max_steps={steps}", f"seed={seed}", "data.num_workers=1", *overrides])
-    spec = {"config": config, "steps": steps, "overrides": overrides, "seed": seed, "data": str(data), **spec_extra,
-            "init": str(init) if init else None}
-    if max_minutes:
-        spec["max_minutes"] = max_minutes
-    last = run / "checkpoints" / "last.ckpt"
-    stage = read_json(run / "stage.json")
-    if stage and stage.get("spec") == spec and last.is_file():
-        log(f"{run.name}: reusing the finished run ({stage['seconds']:.0f} s of training)")
-        return last, stage
-    # beside the run folder (fit refuses a non-empty folder that is not yet one of its runs): what it is training, and
-    # for how long it has trained, so that an interrupted run of the same settings resumes instead of starting over
-    started = run.parent / f"{run.name}.started.json"
-    mark = read_json(started) or {}
-    resume = last.is_file() and mark.get("spec") == spec
-    before = float(mark.get("seconds", 0.0)) if resume else 0.0
-    log(f"{run.name}: {'resuming' if resume else 'training'} {config} for {steps} steps on {data.name} ({device})")
-    write_json(started, {"spec": spec, "seconds": before})
-    t0, load0 = time.time(), os.getloadavg()[0]
-    left = max_minutes * 60 - before if max_minutes else None
-    opts = FitOptions(data=str(data), out=str(run), init=None if resume or not init else str(init), device=device,
-                      progress=False, overwrite=not resume, resume=resume, max_time=left)
-    try:
-        last = fit(cfg, opts)
-    finally:
-        write_json(started, {"spec": spec, "seconds": round(before + time.time() - t0, 1)})
-    stage = {"spec": spec, "seconds": round(before + time.time() - t0, 1),
-             "last_logged": {k: round(v, 4) for k, v in last_logged(run).items()}, "steps_reached": steps_reached(run),
-             "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
-             "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr, "config_resolved": to_dict(cfg)}
-    write_json(run / "stage.json", stage)
-    log(f"{run.name}: {stage['seconds']:.0f} s, last logged {stage['last_logged']}")
-    return last, stage
-
-
-def steps_reached(run: Path) -> int | None:
-    """Optimiser steps a run made (a time-boxed run stops before its max_steps), from its logs."""
-    import csv
-
-    steps = [int(row["step"]) for f in Path(run, "logs").glob("version_*/metrics.csv") for row in csv.DictReader(open(f))
-             if row.get("step", "").isdigit()]
-    return max(steps) + 1 if steps else None
+    extra = {**spec_extra, **({"max_minutes": max_minutes} if max_minutes else {})}
+    stage = run_stage(run, config, [f"max_steps={steps}", f"seed={seed}", "data.num_workers=1", *overrides], data, init,
+                      device=device, max_minutes=max_minutes, extra=extra, log=log)
+    return stage.checkpoint, stage.record
 
 
 # ----------------------------------------------------------------------------------------------- 4. evaluation

@@ -151,13 +151,6 @@ def split_into(src: Path, dest: Path) -> list[str]:
     return names
 
 
-def steps_in(csv_path: Path) -> int | None:
-    import csv
-
-    steps = [int(r["step"]) for r in csv.DictReader(open(csv_path)) if r.get("step", "").isdigit()]
-    return max(steps) + 1 if steps else None
-
-
 def adopt(result: Path, command: str, gen_out: Path, weights_dir: Path, card_md: Path, alias: str | None) -> int:
     """Install a model trained on the device (see the module docstring)."""
     import hashlib
@@ -165,6 +158,7 @@ def adopt(result: Path, command: str, gen_out: Path, weights_dir: Path, card_md:
 
     from stemjepa.fsutil import atomic_write, atomic_write_text
     from stemjepa.models.registry import ALIASES_FILE
+    from stemjepa.training.stage import logged_steps
 
     card = json.loads((result / "card.json").read_text())
     name = card["name"]
@@ -179,7 +173,7 @@ def adopt(result: Path, command: str, gen_out: Path, weights_dir: Path, card_md:
     t["command"] = command
     t["schedule"] = "cosine decay over each phase's time box (benchmarks/train_gpu.py)"
     for phase in ("phase1", "phase2"):
-        reached = steps_in(result / f"{phase}_metrics.csv") if (result / f"{phase}_metrics.csv").is_file() else None
+        reached = logged_steps(result / f"{phase}_metrics.csv") if (result / f"{phase}_metrics.csv").is_file() else None
         if reached:
             t[phase]["max_steps"], t[phase]["steps"] = t[phase]["steps"], reached
     card["limits"] = td.limits_text(t["corpus"]["production"], card["architecture"]["embed_dim"], "cuda")

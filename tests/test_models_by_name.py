@@ -209,12 +209,12 @@ def test_builtin_model_loads_offline_by_name_and_path_and_embeds(monkeypatch):
     name = canonical_name(DEFAULT)
     assert name in models and read_aliases(WEIGHTS_DIR)[DEFAULT] == name
     entry = models[name]
-    assert entry.size_mb <= 25.0
+    assert entry.size_mb <= 32.0  # train_gpu.py's --max-mb: the repository ships the weights
     card = entry.card
     assert card["name"] == name and card["file"] == entry.file.name
     held = card["evaluation"]["held_out"]
     assert {"R@1", "R@5", "R@10"} <= set(held["cosine"]) and held["chance"]["R@10"] > 0
-    assert card["training"]["command"].startswith("python benchmarks/train_default.py")
+    assert card["training"]["command"].startswith(("python benchmarks/train_default.py", "python benchmarks/train_gpu.py"))
     by_default = stemjepa.load_model(device="cpu")
     by_name = stemjepa.load_model(name, device="cpu")
     by_path = stemjepa.load_model(str(entry.file), device="cpu")

@@ -77,8 +77,3 @@ def test_labels_come_from_the_table_and_an_unknown_path_falls_back_to_its_finest
     assert np.array_equal(out[2], vectors[0])  # the finest level the table knows
 
 
-def test_steps_reached_are_read_from_the_training_log(tmp_path):
-    g = load_script()
-    csv = tmp_path / "metrics.csv"
-    csv.write_text("epoch,step,train/loss\n0,24,1.0\n0,49,0.9\n0,3274,0.5\n")
-    assert g.steps_in(csv) == 3275

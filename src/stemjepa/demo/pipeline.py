@@ -13,7 +13,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE
 from ..errors import StemJepaError
-from ..fsutil import atomic_write_text, read_json
+from ..fsutil import atomic_write_text
 
 # the demo ranks by cosine, as the stem index does (the paper's L2 is `stemjepa eval retrieval`'s default)
 DISTANCE = "cosine"
@@ -81,28 +81,18 @@ class _Stage:
 
 
 def _train(cfg: DemoConfig, config: str, run: Path, steps: int, seconds: float, data: Path, init: Path | None = None) -> Path:
-    """Train one phase unless a finished run is already there; an unfinished one is resumed."""
-    from ..config import load_config
-    from ..models.checkpoint import read_checkpoint
-    from ..training.fit import FitOptions, fit
+    """Train one phase unless a finished run of the same settings is already there; an interrupted one is resumed
+    (stemjepa.training.stage). The time box is not a setting: a finished run is reused whatever the time left."""
+    from ..training.stage import train_stage
 
-    last = run / "checkpoints" / "last.ckpt"
-    done = run / "done.json"
-    if last.is_file() and done.is_file():
-        try:
-            steps_done = f"{int(read_json(done, error=StemJepaError)['steps'])} steps"
-        except (StemJepaError, KeyError, TypeError, ValueError):
-            steps_done = "steps unknown"
-        print(f"   reusing {last} ({steps_done})")
-        return last
-    resume = last.is_file()  # an interrupted demo run continues
     overrides = [f"max_steps={steps}", f"data.batch_size={cfg.batch_size}", "data.num_workers=1", "log_every=5",
                  f"checkpoint_every={max(50, steps // 4)}", f"seed={cfg.seed}"]
-    opts = FitOptions(data=str(data), out=str(run), init=str(init) if init else None, resume=resume, overwrite=not resume,
-                      device="auto", progress=cfg.progress, max_time=max(30.0, seconds))
-    last = fit(load_config(config, overrides), opts)
-    atomic_write_text(done, json.dumps({"steps": read_checkpoint(last)["global_step"]}))
-    return last
+    stage = train_stage(run, config, overrides, data, init, device="auto", max_minutes=max(30.0, seconds) / 60,
+                        progress=cfg.progress, log=lambda msg: None)
+    if stage.reused:
+        steps_done = stage.record.get("steps_reached")
+        print(f"   reusing {stage.checkpoint} ({f'{steps_done} steps' if steps_done else 'steps unknown'})")
+    return stage.checkpoint
 
 
 def _pick_queries(songs, held_out) -> list[tuple]:
