@@ -51,3 +51,16 @@ def test_csv_tables_are_written_whole(tmp_path):
     atomic_write_csv(target, ["a", "b"], [{"a": 1, "b": "x,y"}, {"a": 2, "b": ""}])
     assert target.read_bytes() == b'a,b\r\n1,"x,y"\r\n2,\r\n'  # the csv module's line ends, as before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
+
+
+def test_safe_component_names_cache_files_as_the_inline_rules_did():
+    """One rule for the names of cache files (training cache, embedding cache, beat features): the outputs of the rules
+    it replaced, pinned, so that existing caches keep being found."""
+    from stemjepa.data.training_cache import song_key
+    from stemjepa.fsutil import safe_component
+
+    assert safe_component("a b/c:d") == "a_b_c_d"
+    assert safe_component("..hidden song__", strip=True) == "hidden_song"
+    assert safe_component("é" * 5, strip=True, empty="song") == "song"
+    assert safe_component("x" * 100, limit=80) == "x" * 80
+    assert song_key("MoisesDB/0f3a song (live)") == "MoisesDB_0f3a_song_live-76bb5cbb"

@@ -1,5 +1,5 @@
 """stemjepa: zero-shot musical stem retrieval with JEPAs."""
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401 - the public name
 
 
 def load_model(name_or_path=None, device=None, eval_mode: bool = True):

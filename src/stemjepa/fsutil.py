@@ -20,6 +20,19 @@ _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 USER_ERRNOS = _DISK_FULL | _NO_PERMISSION  # errors of the user's environment, not of stemjepa
 _TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_component(text: str, limit: int | None = None, strip: bool = False, empty: str = "") -> str:
+    """`text` as one file-name component: each run of characters other than letters, digits, '.', '_' and '-' becomes
+    '_'; `strip` drops leading and trailing '.' and '_' (no hidden files), then at most `limit` characters, `empty` when
+    nothing is left. Cache paths are built with it: its output for a given text must never change."""
+    out = _UNSAFE.sub("_", text)
+    if strip:
+        out = out.strip("._")
+    if limit is not None:
+        out = out[:limit]
+    return out or empty
 
 
 class WriteError(StemJepaError):

@@ -36,10 +36,6 @@ class PrepareResult:
     skipped: list[dict] = field(default_factory=list)
     manifest: dict | None = None
 
-    @property
-    def n_failed(self) -> int:
-        return sum(1 for s in self.skipped if s["stem"] is None)
-
 
 def default_jobs() -> int:
     """One worker per core, at most 8 (each holds one decoded song in memory)."""

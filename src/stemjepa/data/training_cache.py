@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
-from ..fsutil import atomic_write, read_json
+from ..fsutil import atomic_write, read_json, safe_component
 from .multitrack import LoadedSong
 
 CACHE_VERSION = 1
@@ -31,7 +30,7 @@ MANIFEST = "cache.json"
 
 def song_key(song_id: str) -> str:
     """A file-system-safe, collision-free name for a song id."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", song_id).strip("._")[:80] or "song"
+    safe = safe_component(song_id, limit=80, strip=True, empty="song")
     return f"{safe}-{hashlib.sha1(song_id.encode()).hexdigest()[:8]}"
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..data.multitrack import Song
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, safe_component
 
 CACHE_VERSION = 1
 
@@ -42,7 +41,7 @@ def song_fingerprint(song: Song, extra: str = "") -> str:
 
 def _safe(name: str) -> str:
     """A file-name-safe key; a hash suffix keeps distinct names distinct after sanitising."""
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
+    clean = safe_component(name, limit=80)
     return f"{clean}-{hashlib.sha1(_bytes(name)).hexdigest()[:8]}"
 
 

@@ -59,10 +59,8 @@ def default_split(dataset: str) -> str:
     the dataset's test split, or all songs where it has none."""
     if dataset in TABLE1_POOL:
         return TABLE1_POOL[dataset]
-    try:
-        from ..data.datasets import default_eval_split
-    except ImportError:
-        return "all"
+    from ..data.datasets import default_eval_split
+
     return default_eval_split(dataset)
 
 
@@ -309,23 +307,11 @@ def load_songs(dataset: str, root, split: str | None = None) -> tuple[list[Song]
     """Songs of `dataset` at `root` restricted to `split` (None: the dataset's evaluation split).
 
     Returns (songs, split, problems)."""
-    problems: list[tuple[str, str]] = []
-    try:
-        from ..data.datasets import load_dataset
-    except ImportError:  # loaders not available in this build: the generic folder format only
-        load_dataset = None
-    if load_dataset is not None:
-        split = split or default_split(dataset)
-        songs = load_dataset(dataset, root, None if split == "all" else split, problems)
-    else:
-        if dataset != "folder":
-            raise DataError(f"dataset {dataset!r} needs stemjepa.data.datasets, which this installation lacks")
-        from ..data.multitrack import read_folder
+    from ..data.datasets import load_dataset
 
-        songs, problems = read_folder(root)
-        split = split or "all"
-        if split != "all":
-            songs = [s for s in songs if s.split == split]
+    problems: list[tuple[str, str]] = []
+    split = split or default_split(dataset)
+    songs = load_dataset(dataset, root, None if split == "all" else split, problems)
     if not songs:
         raise DataError(f"{root}: no songs of {dataset} in split {split!r}")
     return songs, split, problems

@@ -71,8 +71,8 @@ def export_model(model, out, force: bool = False, source: str | None = None, ext
     """
     from safetensors.torch import save
 
-    from .. import __version__
     from ..fsutil import atomic_write
+    from ..version import __version__
 
     out = Path(out)
     if out.suffix != SUFFIX:

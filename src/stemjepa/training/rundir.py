@@ -16,7 +16,6 @@ import torch
 from ..errors import DataError, StemJepaError
 from ..fsutil import clean_stale_temps
 
-OUR_ENTRIES = ("checkpoints", "logs", "tensorboard", "config.json", "cache")
 _LOG_FILES = ("metrics.csv", "hparams.yaml")
 
 

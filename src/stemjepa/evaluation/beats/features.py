@@ -7,13 +7,12 @@ the padding are trimmed, so every 160 ms of audio has exactly one vector.
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import StemJepaError
-from ...fsutil import atomic_write
+from ...fsutil import atomic_write, safe_component
 
 
 def patch_samples(model) -> int:
@@ -78,13 +77,13 @@ class FeatureCache:
     """
 
     def __init__(self, root, model_id: str):
-        self.root = Path(root) / re.sub(r"[^A-Za-z0-9._-]+", "_", model_id) if root is not None else None
+        self.root = Path(root) / safe_component(model_id) if root is not None else None
         self._memory: dict[str, np.ndarray] = {}
 
     def path(self, track) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", track.id).strip("._")[:80] or "track"
+        safe = safe_component(track.id, limit=80, strip=True, empty="track")
         digest = hashlib.sha1(f"{track.dataset}|{track.id}|{track.source_signature()}".encode()).hexdigest()[:10]
-        return self.root / re.sub(r"[^A-Za-z0-9._-]+", "_", track.dataset) / f"{safe}-{digest}.npy"
+        return self.root / safe_component(track.dataset) / f"{safe}-{digest}.npy"
 
     def get(self, track, compute) -> np.ndarray:
         """Cached features of `track`, else `compute()` (-> float32 array) stored and returned."""
