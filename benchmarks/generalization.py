@@ -120,7 +120,7 @@ def train_corpus(out: Path, families: dict[str, list[Path]], args) -> Path:
 def evaluate_model(model_ref: str, pool: Path, out: Path, device: str) -> dict:
     """Cosine and L2 retrieval of one model on one pool (reused when the model and the songs are unchanged)."""
     from stemjepa.data.multitrack import read_folder
-    from stemjepa.evaluation.retrieval import evaluate_retrieval
+    from stemjepa.evaluation.retrieval import RetrievalProtocol, evaluate_retrieval
     from stemjepa.models import load_model
 
     model = load_model(model_ref, device=None if device == "auto" else device)
@@ -131,8 +131,8 @@ def evaluate_model(model_ref: str, pool: Path, out: Path, device: str) -> dict:
     songs, _ = read_folder(pool)
     result: dict = {"key": key, "model": model_ref}
     for distance in ("cosine", "l2"):
-        m = evaluate_retrieval(model, songs, "fine", out / distance, dataset="folder", split="held-out",
-                               cache_dir=out / "cache", overwrite=True, progress=False, distance=distance)
+        m = evaluate_retrieval(model, songs, RetrievalProtocol(split="held-out", distance=distance), out / distance,
+                               cache_dir=out / "cache", overwrite=True, progress=False)
         result[distance] = {k: round(float(m[k]), 2) for k in METRICS}
         result["chance"] = {k: round(float(m["chance"][k]), 2) for k in METRICS if k in m["chance"]}
         result.update(n_queries=m["n_queries"], n_pool=m["n_pool"], n_songs=m["n_songs"])

@@ -32,7 +32,7 @@ METRICS = ("R@1", "R@5", "R@10", "norm_rank_median")
 
 def run_arm(arm: str, seed: int, args, p1_ckpt: Path | None) -> tuple[Path, dict]:
     from stemjepa.data.multitrack import read_folder
-    from stemjepa.evaluation.retrieval import evaluate_retrieval
+    from stemjepa.evaluation.retrieval import RetrievalProtocol, evaluate_retrieval
     from stemjepa.training.rundir import last_logged
     from stemjepa.training.stage import train_stage
 
@@ -48,10 +48,10 @@ def run_arm(arm: str, seed: int, args, p1_ckpt: Path | None) -> tuple[Path, dict
         if result.get("stage") == stage.record["digest"]:
             return last, result
     songs, _ = read_folder(args.test)
-    m = evaluate_retrieval(str(last), songs, "fine", run / "eval", dataset="folder", split="held-out", cache_dir=run / "cache",
-                           overwrite=True, progress=False, distance="cosine")
-    paper = evaluate_retrieval(str(last), songs, "fine", run / "eval-l2", dataset="folder", split="held-out",
-                               cache_dir=run / "cache", overwrite=True, progress=False, distance="l2")
+    m = evaluate_retrieval(str(last), songs, RetrievalProtocol(split="held-out", distance="cosine"), run / "eval",
+                           cache_dir=run / "cache", overwrite=True, progress=False)
+    paper = evaluate_retrieval(str(last), songs, RetrievalProtocol(split="held-out", distance="l2"), run / "eval-l2",
+                               cache_dir=run / "cache", overwrite=True, progress=False)
     pool = m["pool_diagnostics"]
     result = {"arm": arm, "seed": seed, "steps": steps, "train_seconds": round(train_s, 1), "n_pool": m["n_pool"],
               "distance": m["distance"], **{k: round(m[k], 2) for k in METRICS},

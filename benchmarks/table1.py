@@ -80,7 +80,7 @@ def musdb_layout(root: Path) -> str:
 
 
 def evaluate_row(key: str, name: str, ckpt: Path, pools: dict, args, steps: Steps) -> dict:
-    from stemjepa.evaluation.retrieval import evaluate_retrieval
+    from stemjepa.evaluation.retrieval import RetrievalProtocol, evaluate_retrieval
 
     results = {}
     for bench, cond, _ in BENCHMARKS:
@@ -93,10 +93,10 @@ def evaluate_row(key: str, name: str, ckpt: Path, pools: dict, args, steps: Step
             results[(bench, cond)] = json.loads((out_dir / "metrics.json").read_text())
             continue
         t0 = time.time()
+        protocol = RetrievalProtocol(dataset=dataset, split=split, label_level=cond, distance=args.distance)
         results[(bench, cond)] = evaluate_retrieval(
-            str(ckpt), songs, cond, out_dir, dataset=dataset, split=split, name=name, overwrite=True,
-            cache_dir=Path(args.out) / "eval" / "cache", distance=args.distance, strict=args.strict,
-            device=None if args.device == "auto" else args.device, progress=not args.quiet)
+            str(ckpt), songs, protocol, out_dir, name=name, overwrite=True, cache_dir=Path(args.out) / "eval" / "cache",
+            strict=args.strict, device=None if args.device == "auto" else args.device, progress=not args.quiet)
         steps.mark(step, ckpt)
         print(f"[{key}] {bench} {cond}: R@1 {results[(bench, cond)]['R@1']:.1f} in {time.time() - t0:.0f} s", flush=True)
     return results

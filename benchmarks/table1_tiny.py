@@ -34,7 +34,7 @@ def main() -> None:
 
     from stemjepa.data.multitrack import read_folder
     from stemjepa.evaluation.report import compare_table
-    from stemjepa.evaluation.retrieval import evaluate_retrieval
+    from stemjepa.evaluation.retrieval import RetrievalProtocol, evaluate_retrieval
     from stemjepa.training.stage import train_stage
 
     out = Path(args.out)
@@ -49,8 +49,9 @@ def main() -> None:
         train_s = time.time() - t0
         for cond in ("fine", "coarse"):
             t1 = time.time()
-            evaluate_retrieval(str(last), songs, cond, out / "eval" / f"{config}-{cond}", dataset="folder", split="held-out",
-                               cache_dir=out / "eval" / "cache", name=name, overwrite=True, progress=False)
+            evaluate_retrieval(str(last), songs, RetrievalProtocol(split="held-out", label_level=cond),
+                               out / "eval" / f"{config}-{cond}", cache_dir=out / "eval" / "cache", name=name, overwrite=True,
+                               progress=False)
             timings[(name, cond)] = (round(train_s), round(time.time() - t1))
         print(f"{name}: trained in {train_s:.0f} s", flush=True)
     dirs = [out / "eval" / f"{c}-{cond}" for cond in ("fine", "coarse") for _, c, _ in ROWS]

@@ -204,7 +204,7 @@ def train_stage(run: Path, config: str, steps: int, overrides: list[str], data: 
 def evaluate(ckpt: Path, test: Path, out: Path, device: str) -> dict:
     """Held-out retrieval by cosine and L2 (fine labels), reused when the model and the songs are unchanged."""
     from stemjepa.data.multitrack import read_folder
-    from stemjepa.evaluation.retrieval import evaluate_retrieval
+    from stemjepa.evaluation.retrieval import RetrievalProtocol, evaluate_retrieval
     from stemjepa.models import load_model
 
     model = load_model(str(ckpt), device=None if device == "auto" else device)
@@ -215,8 +215,8 @@ def evaluate(ckpt: Path, test: Path, out: Path, device: str) -> dict:
     songs, _ = read_folder(test)
     result: dict = {"key": key}
     for distance in ("cosine", "l2"):
-        m = evaluate_retrieval(model, songs, "fine", out / distance, dataset="folder", split="held-out",
-                               cache_dir=out / "cache", overwrite=True, progress=False, distance=distance)
+        m = evaluate_retrieval(model, songs, RetrievalProtocol(split="held-out", distance=distance), out / distance,
+                               cache_dir=out / "cache", overwrite=True, progress=False)
         result[distance] = {k: round(float(m[k]), 2) for k in METRICS}
         result["chance"] = {k: round(float(m["chance"][k]), 2) for k in METRICS if k in m["chance"]}
         result.update(n_queries=m["n_queries"], n_pool=m["n_pool"], n_songs=m["n_songs"],

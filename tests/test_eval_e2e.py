@@ -49,10 +49,11 @@ def test_eval_retrieval_with_tiny_checkpoint(tiny_checkpoint, toy_corpus, tmp_pa
 
 def test_eval_retrieval_contrastive_checkpoint_uses_the_mix(tiny_phase1_checkpoint, toy_corpus, tmp_path):
     from stemjepa.data.multitrack import read_folder
-    from stemjepa.evaluation import evaluate_retrieval
+    from stemjepa.evaluation import RetrievalProtocol, evaluate_retrieval
 
     songs, _ = read_folder(toy_corpus)
-    m = evaluate_retrieval(str(tiny_phase1_checkpoint), songs, "coarse", tmp_path / "p1", device="cpu", progress=False)
+    m = evaluate_retrieval(str(tiny_phase1_checkpoint), songs, RetrievalProtocol(label_level="coarse"), tmp_path / "p1",
+                           device="cpu", progress=False)
     _check_metrics(m, n_pool=16)
     assert m["has_predictor"] is False
 

@@ -12,9 +12,11 @@ import soundfile as sf
 from stemjepa.cli.main import main
 from stemjepa.data.multitrack import Stem, load_song, read_folder
 from stemjepa.errors import StemJepaError
-from stemjepa.evaluation import compare_table, evaluate_retrieval
+from stemjepa.evaluation import RetrievalProtocol, compare_table, evaluate_retrieval
 from stemjepa.evaluation.retrieval import conditioning_label, is_silent, load_songs, other_stems_mix
 from stemjepa.models.inference import TrackEmbedding
+
+FINE, COARSE = RetrievalProtocol(label_level="fine"), RetrievalProtocol(label_level="coarse")
 
 SR = 16000
 
@@ -118,7 +120,7 @@ def corpus(tmp_path):
 def test_queries_equal_to_targets_give_perfect_scores_and_all_outputs(corpus, tmp_path):
     model = FakeModel(oracle=oracle_for(corpus))
     out = tmp_path / "run"
-    m = evaluate_retrieval(model, corpus, "fine", out, progress=False)
+    m = evaluate_retrieval(model, corpus, FINE, out, progress=False)
     n_pool = 3 * 4  # the silent stem of song0 is excluded
     assert m["n_pool"] == n_pool and m["n_queries"] == n_pool and m["n_silent_excluded"] == 1
     assert m["R@1"] == 100.0 and m["R@10"] == 100.0
@@ -141,7 +143,7 @@ def test_queries_equal_to_targets_give_perfect_scores_and_all_outputs(corpus, tm
 
 
 def test_mix_embedding_baseline_has_values_in_range(corpus, tmp_path):
-    m = evaluate_retrieval(FakeModel(has_predictor=False), corpus, "coarse", tmp_path / "run", progress=False)
+    m = evaluate_retrieval(FakeModel(has_predictor=False), corpus, COARSE, tmp_path / "run", progress=False)
     for k in ("R@1", "R@5", "R@10", "top1_k64"):
         assert 0.0 <= m[k] <= 100.0
     assert 100 / m["n_pool"] <= m["norm_rank_median"] <= 100.0
@@ -152,18 +154,18 @@ def test_mix_embedding_baseline_has_values_in_range(corpus, tmp_path):
 def test_cache_avoids_re_encoding(corpus, tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
     first = FakeModel()
-    m1 = evaluate_retrieval(first, corpus, "fine", out, cache_dir=cache, progress=False)
+    m1 = evaluate_retrieval(first, corpus, FINE, out, cache_dir=cache, progress=False)
     assert first.calls == Counter(embed=12, query=12)
     again = FakeModel()
-    m2 = evaluate_retrieval(again, corpus, "fine", out, cache_dir=cache, progress=False)
+    m2 = evaluate_retrieval(again, corpus, FINE, out, cache_dir=cache, progress=False)
     assert again.calls == Counter()  # nothing re-encoded
     assert m2["n_songs_from_cache"] == 3 and m2["R@1"] == m1["R@1"] and m2["n_silent_excluded"] == 1
     coarse = FakeModel()
-    evaluate_retrieval(coarse, corpus, "coarse", tmp_path / "run-coarse", cache_dir=cache, progress=False)
+    evaluate_retrieval(coarse, corpus, COARSE, tmp_path / "run-coarse", cache_dir=cache, progress=False)
     # the pool is reused; only queries whose conditioning text changed are recomputed (fine "bass guitar" -> "bass"...)
     assert coarse.calls["embed"] == 0 and coarse.calls["query"] == 9
     other = FakeModel(model_id="fake-2")
-    evaluate_retrieval(other, corpus, "fine", tmp_path / "run2", cache_dir=cache, progress=False)
+    evaluate_retrieval(other, corpus, FINE, tmp_path / "run2", cache_dir=cache, progress=False)
     assert other.calls == Counter(embed=12, query=12)  # another checkpoint has its own cache
 
 
@@ -184,7 +186,7 @@ def test_refuses_results_of_another_checkpoint(corpus, tmp_path):
     with pytest.raises(StemJepaError, match="another"):
         evaluate_retrieval(FakeModel("b"), corpus, out_dir=out, progress=False)
     with pytest.raises(StemJepaError, match="label_level='fine' \\(now 'coarse'\\)"):
-        evaluate_retrieval(FakeModel("a"), corpus, "coarse", out_dir=out, progress=False)
+        evaluate_retrieval(FakeModel("a"), corpus, COARSE, out_dir=out, progress=False)
     m = evaluate_retrieval(FakeModel("b"), corpus, out_dir=out, overwrite=True, progress=False)
     assert json.loads((out / "metrics.json").read_text())["model_id"] == "b" == m["model_id"]
     user = tmp_path / "user"
@@ -232,15 +234,16 @@ def test_musdb_other_is_conditioned_on_music(tmp_path):
     for song in songs:
         song.stems[3].labels = ["other"]
     model = FakeModel()
-    m = evaluate_retrieval(model, songs, out_dir=tmp_path / "run", dataset="musdb18", split="test", progress=False)
+    m = evaluate_retrieval(model, songs, RetrievalProtocol(dataset="musdb18", split="test"), out_dir=tmp_path / "run",
+                           progress=False)
     assert "music" in model.labels_seen and "other" not in model.labels_seen
     assert m["label_map"] == {"other": "music"}
 
 
 def test_compare_table_layout(corpus, tmp_path):
-    evaluate_retrieval(FakeModel("a"), corpus, "fine", tmp_path / "a-fine", name="contrastive", progress=False)
-    evaluate_retrieval(FakeModel("a"), corpus, "coarse", tmp_path / "a-coarse", name="contrastive", progress=False)
-    evaluate_retrieval(FakeModel("b", oracle_for(corpus)), corpus, "fine", tmp_path / "b-fine", name="oracle", progress=False)
+    evaluate_retrieval(FakeModel("a"), corpus, FINE, tmp_path / "a-fine", name="contrastive", progress=False)
+    evaluate_retrieval(FakeModel("a"), corpus, COARSE, tmp_path / "a-coarse", name="contrastive", progress=False)
+    evaluate_retrieval(FakeModel("b", oracle_for(corpus)), corpus, FINE, tmp_path / "b-fine", name="oracle", progress=False)
     table = compare_table([tmp_path / "a-fine", tmp_path / "a-coarse", tmp_path / "b-fine"])
     lines = table.strip().splitlines()
     assert lines[0].startswith("| model | folder fine: R@1 |") and "folder coarse: median rank" in lines[0]
@@ -283,14 +286,14 @@ def test_cli_retrieval_and_compare(tmp_path, monkeypatch, capsys):
 
 def test_results_written_before_the_label_level_rename_stay_readable(corpus, tmp_path):
     out = tmp_path / "run"
-    evaluate_retrieval(FakeModel("a"), corpus, "coarse", out, progress=False)
+    evaluate_retrieval(FakeModel("a"), corpus, COARSE, out, progress=False)
     old = json.loads((out / "metrics.json").read_text())
     old["conditioning"] = old.pop("label_level")  # how metrics.json spelt it before
     (out / "metrics.json").write_text(json.dumps(old))
     assert compare_table([out]).startswith("Benchmark: folder coarse (percent)")
-    evaluate_retrieval(FakeModel("a"), corpus, "coarse", out, progress=False)  # the same evaluation: no refusal
+    evaluate_retrieval(FakeModel("a"), corpus, COARSE, out, progress=False)  # the same evaluation: no refusal
     with pytest.raises(StemJepaError, match="label_level"):
-        evaluate_retrieval(FakeModel("a"), corpus, "fine", out, progress=False)
+        evaluate_retrieval(FakeModel("a"), corpus, FINE, out, progress=False)
 
 
 @pytest.mark.parametrize("flag", ["--label-level", "--conditioning"])

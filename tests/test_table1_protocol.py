@@ -11,8 +11,10 @@ from test_eval_retrieval import FakeModel, band_vector, oracle_for, track, write
 from stemjepa.cli.main import main
 from stemjepa.data.multitrack import read_folder
 from stemjepa.errors import StemJepaError
-from stemjepa.evaluation import evaluate_retrieval, metrics
+from stemjepa.evaluation import RetrievalProtocol, evaluate_retrieval, metrics
 from stemjepa.evaluation.retrieval import Corpus, PoolItem, default_split, load_songs, score_corpus
+
+FINE, COARSE = RetrievalProtocol(label_level="fine"), RetrievalProtocol(label_level="coarse")
 
 SR = 16000
 
@@ -72,7 +74,7 @@ def corpus(tmp_path):
 
 def test_metrics_json_and_report_state_pool_chance_distance_and_encoder(corpus, tmp_path):
     out = tmp_path / "run"
-    m = evaluate_retrieval(FakeModel(oracle=oracle_for(corpus)), corpus, "fine", out, progress=False)
+    m = evaluate_retrieval(FakeModel(oracle=oracle_for(corpus)), corpus, FINE, out, progress=False)
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["distance"] == "l2" and "Euclidean" in on_disk["distance_reason"]
     assert on_disk["reference_encoder"] == "target" and on_disk["n_pool"] == 12
@@ -85,11 +87,11 @@ def test_metrics_json_and_report_state_pool_chance_distance_and_encoder(corpus, 
     assert "pool of 12 stems from 3 songs" in report and "Euclidean (L2) distance (the paper)" in report
     assert m["training_overlap"]["checked"] is False  # a model that records no training songs
 
-    cos = evaluate_retrieval(FakeModel(oracle=oracle_for(corpus)), corpus, "fine", tmp_path / "cos", distance="cosine",
-                             progress=False)
+    cosine = RetrievalProtocol(distance="cosine")
+    cos = evaluate_retrieval(FakeModel(oracle=oracle_for(corpus)), corpus, cosine, tmp_path / "cos", progress=False)
     assert cos["distance"] == "cosine" and "not the paper" in cos["distance_reason"]
     with pytest.raises(StemJepaError, match="--overwrite"):  # another distance is another evaluation
-        evaluate_retrieval(FakeModel(oracle=oracle_for(corpus)), corpus, "fine", out, distance="cosine", progress=False)
+        evaluate_retrieval(FakeModel(oracle=oracle_for(corpus)), corpus, cosine, out, progress=False)
 
 
 class CollapsedModel(FakeModel):
@@ -105,7 +107,7 @@ class CollapsedModel(FakeModel):
 
 def test_a_collapsed_pool_is_flagged_loudly(corpus, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        m = evaluate_retrieval(CollapsedModel(), corpus, "fine", tmp_path / "run", progress=False)
+        m = evaluate_retrieval(CollapsedModel(), corpus, FINE, tmp_path / "run", progress=False)
     assert m["pool_diagnostics"]["collapsed"] is True and m["pool_diagnostics"]["median_cosine"] > 0.99
     assert "COLLAPSED" in caplog.text
     assert "COLLAPSED" in (tmp_path / "run" / "report.md").read_text()
@@ -115,7 +117,7 @@ def test_a_collapsed_pool_is_flagged_loudly(corpus, tmp_path, caplog):
         def embed_many(self, waves, batch_size=16, target=True, precision=None):
             return [track(rng.standard_normal(48).astype(np.float32)) for _ in waves]
 
-    spread = evaluate_retrieval(Spread(), corpus, "fine", tmp_path / "spread", progress=False)
+    spread = evaluate_retrieval(Spread(), corpus, FINE, tmp_path / "spread", progress=False)
     assert spread["pool_diagnostics"]["collapsed"] is False
 
 
@@ -126,10 +128,10 @@ def test_reference_encoder_context_embeds_the_pool_with_the_context_encoder(corp
             return super().embed_many(waves, batch_size, target, precision)
 
     model = Recording()
-    m = evaluate_retrieval(model, corpus, "fine", tmp_path / "ctx", reference_encoder="context", progress=False)
+    m = evaluate_retrieval(model, corpus, RetrievalProtocol(reference_encoder="context"), tmp_path / "ctx", progress=False)
     assert model.calls["target=False"] == 12 and model.calls["target=True"] == 0 and m["reference_encoder"] == "context"
     with pytest.raises(StemJepaError, match="reference encoder"):
-        evaluate_retrieval(model, corpus, "fine", tmp_path / "x", reference_encoder="predictor", progress=False)
+        evaluate_retrieval(model, corpus, RetrievalProtocol(reference_encoder="predictor"), tmp_path / "x", progress=False)
 
 
 def _training_record(root):
@@ -149,12 +151,12 @@ def test_overlap_with_training_songs_warns_and_strict_refuses(tmp_path, caplog, 
     model = FakeModel()
     model.training_songs = record
     with caplog.at_level(logging.WARNING):
-        m = evaluate_retrieval(model, train_songs, "fine", tmp_path / "leak", progress=False)
+        m = evaluate_retrieval(model, train_songs, FINE, tmp_path / "leak", progress=False)
     assert m["training_overlap"] == {"checked": True, "n_songs": 3, "of": 3, "examples": ["song0", "song1", "song2"]}
     assert "TRAINING songs" in caplog.text
     assert "3 evaluated songs were training songs" in (tmp_path / "leak" / "report.md").read_text()
     with pytest.raises(StemJepaError, match="--strict: 3 of the 3"):
-        evaluate_retrieval(model, train_songs, "fine", tmp_path / "strict", strict=True, progress=False)
+        evaluate_retrieval(model, train_songs, FINE, tmp_path / "strict", strict=True, progress=False)
 
     # other songs that happen to have the same folder names (as two synthetic corpora do) are not training songs
     other_root = write_corpus(tmp_path / "other", n_songs=2)
@@ -162,7 +164,7 @@ def test_overlap_with_training_songs_warns_and_strict_refuses(tmp_path, caplog, 
         meta = json.loads((d / "stems.json").read_text())
         (d / "stems.json").write_text(json.dumps({**meta, "tempo": 99}))
     other, _ = read_folder(other_root)
-    m = evaluate_retrieval(model, other, "fine", tmp_path / "clean", strict=True, progress=False)
+    m = evaluate_retrieval(model, other, FINE, tmp_path / "clean", strict=True, progress=False)
     assert m["training_overlap"]["n_songs"] == 0
 
     # the CLI: warning without --strict, exit 2 with it

@@ -187,11 +187,12 @@ def run_eval(root: Path, out: Path) -> dict:
     from test_eval_retrieval import FakeModel as BandModel
 
     from stemjepa.data.multitrack import read_folder
-    from stemjepa.evaluation import evaluate_retrieval
+    from stemjepa.evaluation import RetrievalProtocol, evaluate_retrieval
 
     songs, problems = read_folder(root)
     assert not problems
-    result, error = bounded(lambda: evaluate_retrieval(BandModel(), songs, "fine", out, progress=False), seconds=120)
+    result, error = bounded(lambda: evaluate_retrieval(BandModel(), songs, RetrievalProtocol(), out, progress=False),
+                            seconds=120)
     assert error is None, repr(error)
     return result
 

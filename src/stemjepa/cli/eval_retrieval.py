@@ -71,7 +71,7 @@ def add_parser(subparsers) -> None:
 def run_retrieval(args) -> int:
     from ..errors import ConfigError
     from ..evaluation.report import chance_row, protocol_note, table_header, table_row
-    from ..evaluation.retrieval import evaluate_retrieval, load_songs
+    from ..evaluation.retrieval import RetrievalProtocol, evaluate_retrieval, load_songs
 
     label_map = None
     if args.label_map:
@@ -91,12 +91,11 @@ def run_retrieval(args) -> int:
         cache_dir = False
     elif cache_dir is None:
         cache_dir = Path(args.out) / "cache"
-    m = evaluate_retrieval(
-        model_file, songs, args.label_level, args.out, label_map,
-        dataset=args.dataset, split=split, cache_dir=cache_dir, overwrite=args.overwrite, name=args.name,
-        k64_draws=args.k64_draws, seed=args.seed, silence_db=args.silence_db, device=args.device,
-        distance=args.distance, reference_encoder=args.reference_encoder, strict=args.strict,
-    )
+    protocol = RetrievalProtocol(dataset=args.dataset, split=split, label_level=args.label_level, distance=args.distance,
+                                 reference_encoder=args.reference_encoder, k64_draws=args.k64_draws, seed=args.seed,
+                                 silence_db=args.silence_db, label_map=label_map)
+    m = evaluate_retrieval(model_file, songs, protocol, args.out, cache_dir=cache_dir, overwrite=args.overwrite,
+                           name=args.name, device=args.device, strict=args.strict)
     for s in m["skipped"]:
         print(f"warning: skipped song {s['song']}: {s['reason']}", file=sys.stderr)
     print(f"{m['n_queries']} queries, pool of {m['n_pool']} stems, {m['n_silent_excluded']} silent stems excluded, "

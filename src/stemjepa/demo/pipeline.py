@@ -13,13 +13,13 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE
 from ..errors import StemJepaError
+from ..evaluation.protocol import LABEL_LEVELS
 from ..fsutil import atomic_write_text
 
 # the demo ranks by cosine, as the stem index does (the paper's L2 is `stemjepa eval retrieval`'s default)
 DISTANCE = "cosine"
 # instruments that only the held-out songs play: their category is known from training, the instrument itself is not
 HELD_OUT = ("alto saxophone", "violin", "rhodes electric piano")
-LABEL_LEVELS = ("fine", "coarse")
 
 
 # what a demo writes in its --out folder; the marker file lists them, and a folder without it is not the demo's to write in
@@ -170,7 +170,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                     train_seconds - (time.time() - started - (budget - left)), train_dir, init=p1)
 
     from ..evaluation.report import compare_table
-    from ..evaluation.retrieval import evaluate_retrieval
+    from ..evaluation.retrieval import RetrievalProtocol, evaluate_retrieval
 
     songs, _ = read_folder(test_dir)
     metrics = {}
@@ -178,9 +178,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         for name, ckpt in (("contrastive baseline", p1), ("full model", p2)):
             for level in LABEL_LEVELS:
                 d = out / "eval" / f"{name.replace(' ', '_')}-{level}"
-                metrics[(name, level)] = evaluate_retrieval(str(ckpt), songs, level, d, dataset="folder", split="held-out",
-                                                            cache_dir=out / "eval" / "cache", name=name, overwrite=True,
-                                                            progress=cfg.progress, distance=DISTANCE)
+                protocol = RetrievalProtocol(split="held-out", label_level=level, distance=DISTANCE)
+                metrics[(name, level)] = evaluate_retrieval(str(ckpt), songs, protocol, d, cache_dir=out / "eval" / "cache",
+                                                            name=name, overwrite=True, progress=cfg.progress)
         table = compare_table([d for level in LABEL_LEVELS for d in sorted((out / "eval").glob(f"*-{level}"))])
 
     from ..search import StemIndex, build_index

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 _LAZY = {
     "evaluate_retrieval": "retrieval",
+    "RetrievalProtocol": "protocol",
     "evaluate_checkpoints": "retrieval",
     "load_songs": "retrieval",
     "compare_table": "report",

@@ -28,11 +28,12 @@ def fmt(value) -> str:
 
 
 def upgrade_record(m: dict) -> dict:
-    """A metrics.json as this version writes it; files from before the rename call the label level "conditioning"."""
-    if "label_level" in m or "conditioning" not in m:
-        return m
+    """A metrics.json as this version writes it: files from before the rename call the label level "conditioning", and
+    files from before the protocol object recorded no silence threshold (it was always -60 dBFS)."""
     m = dict(m)
-    m["label_level"] = m.pop("conditioning")
+    if "label_level" not in m and "conditioning" in m:
+        m["label_level"] = m.pop("conditioning")
+    m.setdefault("silence_db", -60.0)
     return m
 
 

@@ -28,62 +28,30 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import SAMPLE_RATE
-from ..data.multitrack import UNLABELLED, Song, Stem, load_song
+from ..data.multitrack import Song, Stem, load_song
 from ..data.training_cache import frame_rms_db
 from ..errors import DataError, StemJepaError, printable
 from ..fsutil import atomic_write_csv, atomic_write_text
 from . import analysis, metrics
 from .embedding_cache import EmbeddingCache, SongEntry, song_fingerprint
+from .protocol import (  # noqa: F401 - the protocol's rules, also imported from here
+    DISTANCE_REASON,
+    LABEL_LEVELS,
+    REFERENCE_ENCODERS,
+    SILENCE_DB,
+    RetrievalProtocol,
+    class_conditioning_text,
+    conditioning_label,
+    default_label_map,
+    default_split,
+)
 from .report import upgrade_record
 
 log = logging.getLogger(__name__)
 
-SILENCE_DB = -60.0
 UNREADABLE = "unreadable"  # a stem's status when it cannot be used, followed by ": <why>" (the reason is cached with it)
 QUERY_GROUP = 8  # query mixes passed to the model at once
 OUTPUT_FILES = ("metrics.json", "rankings.csv", "analysis.csv", "fig2.png", "report.md")
-MUSDB_LABEL_MAP = {"other": UNLABELLED}  # the paper conditions MUSDB's "other" stem on "music"
-# Table I evaluates zero-shot on whole datasets: all 150 MUSDB18 tracks (train + test) and all 240 MoisesDB tracks
-TABLE1_POOL = {"musdb18": "all", "musdb18hq": "all", "moisesdb": "all"}
-DISTANCE_REASON = {
-    "l2": "the paper's: normalised rank = position of the true stem in the sorted list of Euclidean distances ||q - z|| "
-          "between raw mean-pooled vectors (Sec. III-A)",
-    "cosine": "not the paper's: cosine similarity of L2-normalised vectors (what the search index uses)",
-}
-REFERENCE_ENCODERS = ("target", "context")
-LABEL_LEVELS = ("fine", "coarse")  # the label a query is conditioned on: a stem's most specific one, or its category
-
-
-def default_split(dataset: str) -> str:
-    """The evaluation pool of `dataset` when no split is asked for: Table I's (all tracks) for MUSDB18 and MoisesDB, else
-    the dataset's test split, or all songs where it has none."""
-    if dataset in TABLE1_POOL:
-        return TABLE1_POOL[dataset]
-    from ..data.datasets import default_eval_split
-
-    return default_eval_split(dataset)
-
-
-def default_label_map(dataset: str) -> dict[str, str]:
-    """Dataset-specific renaming of labels into conditioning text."""
-    return dict(MUSDB_LABEL_MAP) if dataset in ("musdb18", "musdb18hq") else {}
-
-
-def conditioning_label(stem: Stem, label_level: str, label_map: dict[str, str] | None = None) -> str:
-    """The text a stem's query is conditioned on: its fine (most specific) or coarse label, "music" when unlabelled."""
-    if label_level not in LABEL_LEVELS:
-        raise StemJepaError(f"label level must be 'fine' or 'coarse', not {label_level!r}")
-    label = stem.fine if label_level == "fine" else stem.coarse
-    return (label_map or {}).get(label, label)
-
-
-def class_conditioning_text(stem: Stem, label_level: str, label_map: dict[str, str] | None = None) -> str:
-    """For a class-conditioned model (Stem-JEPA): the label path "coarse > ... > level", which the model maps to the first
-    class it names, finest level first (so MoisesDB's instruments fall into the four sources through their category)."""
-    labels = list(stem.labels) if label_level == "fine" else list(stem.labels[:1])
-    if not labels:
-        return conditioning_label(stem, label_level, label_map)
-    return " > ".join((label_map or {}).get(l, l) for l in labels)
 
 
 def is_silent(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: float = SILENCE_DB,
@@ -350,92 +318,87 @@ def _write_rankings(path: Path, rows: list[dict]) -> None:
     atomic_write_csv(path, list(rows[0]), rows)
 
 
-def evaluate_retrieval(
-    model_or_ckpt,
-    songs: list[Song],
-    label_level: str = "fine",
-    out_dir=None,
-    label_map: dict[str, str] | None = None,
-    *,
-    dataset: str = "folder",
-    split: str = "all",
-    cache_dir=None,
-    overwrite: bool = False,
-    name: str | None = None,
-    k64_draws: int = 10,
-    seed: int = 0,
-    silence_db: float = SILENCE_DB,
-    device=None,
-    progress: bool = True,
-    distance: str | None = None,
-    reference_encoder: str = "target",
-    strict: bool = False,
-) -> dict:
-    """Run the Table I benchmark of a model (or checkpoint path) on `songs` and return metrics.json's content.
+def evaluate_retrieval(model_or_ckpt, songs: list[Song], protocol: RetrievalProtocol | None = None, out_dir=None, *,
+                       cache_dir=None, overwrite: bool = False, name: str | None = None, device=None, progress: bool = True,
+                       strict: bool = False) -> dict:
+    """Run the Table I benchmark of a model (or model file) on `songs` under `protocol` (default: RetrievalProtocol())
+    and return metrics.json's content.
 
-    With `out_dir`, writes metrics.json, rankings.csv, analysis.csv, fig2.png and report.md there, and caches the
-    embeddings in `cache_dir` (default OUT_DIR/cache; False: no cache). `label_map` renames labels into conditioning text
-    (default: MUSDB's "other" -> "music"). `distance`: "l2" (the paper's) or "cosine"; None (default): the ranking the model
-    was trained for (`model.distance`: cosine for centred models, L2 for the paper's); `reference_encoder`: "target" (EMA
-    target encoder, default) or "context". Songs the checkpoint was trained on are reported with a warning; `strict` refuses.
+    With `out_dir`, writes metrics.json, rankings.csv, analysis.csv, fig2.png and report.md there (refusing a folder that
+    holds another evaluation unless `overwrite`), and caches the embeddings in `cache_dir` (default OUT_DIR/cache; False:
+    no cache). Songs the model was trained on are reported with a warning; `strict` refuses them. `device` places a model
+    loaded from a file.
     """
     start = time.perf_counter()
     if not songs:
         raise DataError("no songs to evaluate")
-    if distance is not None and distance not in metrics.DISTANCES:
-        raise StemJepaError(f"distance must be one of {', '.join(metrics.DISTANCES)}, not {distance!r}")
-    if reference_encoder not in REFERENCE_ENCODERS:
-        raise StemJepaError(f"reference encoder must be one of {', '.join(REFERENCE_ENCODERS)}, not {reference_encoder!r}")
-    if isinstance(model_or_ckpt, (str, os.PathLike)):
-        from ..models import load_model
-
-        checkpoint = str(model_or_ckpt)
-        model = load_model(checkpoint, device=device)
-    else:
-        model = model_or_ckpt
-        checkpoint = None if model.checkpoint_path is None else str(model.checkpoint_path)
+    model, checkpoint = _resolve_model(model_or_ckpt, device)
+    given = protocol or RetrievalProtocol()
+    protocol = given.for_model(model)
     model_id = str(model.model_id)
-    models_own = distance is None or distance == model.distance
-    distance = distance or model.distance
     seen = analysis.training_labels(model)  # before queries add new labels to the model's text table
-    if label_map is None:
-        label_map = default_label_map(dataset)
-    overlap = training_overlap(model, songs, dataset, strict)
-    identity = {"model_id": model_id, "dataset": dataset, "split": split, "label_level": label_level, "distance": distance,
-                "reference_encoder": reference_encoder}
+    overlap = training_overlap(model, songs, protocol.dataset, strict)
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        check_out_dir(out, identity, overwrite)
+        check_out_dir(out, protocol.identity(model_id), overwrite)
         if cache_dir is None:
             cache_dir = out / "cache"
     # the references depend on the encoder that made them (the queries do not, but are cheap next to them)
-    cache = EmbeddingCache(cache_dir or None, model_id, dataset,
-                           split if reference_encoder == "target" else f"{split}-context-ref")
-    corpus = encode_corpus(model, songs, label_level, label_map, cache, silence_db, progress, reference_encoder)
-    result, rows, tally = score_corpus(corpus, k64_draws, seed, distance=distance)
-    pool_stats = pool_diagnostics(corpus.pool)
-    seconds = time.perf_counter() - start
-    record = {
+    cache = EmbeddingCache(cache_dir or None, model_id, protocol.dataset,
+                           protocol.split if protocol.reference_encoder == "target" else f"{protocol.split}-context-ref")
+    corpus = encode_corpus(model, songs, protocol.label_level, protocol.labels, cache, protocol.silence_db, progress,
+                           protocol.reference_encoder)
+    result, rows, tally = score_corpus(corpus, protocol.k64_draws, protocol.seed, distance=protocol.distance)
+    record = _record(model, protocol, given.distance is None or given.distance == model.distance, result, corpus,
+                     overlap, name or _checkpoint_name(checkpoint, model_id), checkpoint)
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    if record["pool_diagnostics"]["collapsed"]:
+        p = record["pool_diagnostics"]
+        log.warning("COLLAPSED MODEL: the %d pool embeddings barely differ (median pairwise cosine %.3f, spread %.3f, RankMe "
+                    "%.1f); retrieval scores of this checkpoint are at chance level whatever the training loss says",
+                    p["n"], p["median_cosine"], p["spread"], p["rankme"])
+    if out is not None:
+        _write_outputs(out, record, rows, tally, seen, overwrite)
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        atomic_write_text(out / "metrics.json", json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _resolve_model(model_or_ckpt, device):
+    """(model, the file it came from or None) for a model or a path / built-in name."""
+    if isinstance(model_or_ckpt, (str, os.PathLike)):
+        from ..models import load_model
+
+        return load_model(str(model_or_ckpt), device=device), str(model_or_ckpt)
+    model = model_or_ckpt
+    return model, None if model.checkpoint_path is None else str(model.checkpoint_path)
+
+
+def _record(model, protocol: RetrievalProtocol, models_own: bool, result: dict, corpus: Corpus, overlap: dict, name: str,
+            checkpoint: str | None) -> dict:
+    """metrics.json's content: the figures, their chance, the protocol, what was excluded or skipped and why."""
+    return {
         **{k: result[k] for k in metrics.METRIC_KEYS + ("top1_k64", "n_queries", "n_pool")},
         "chance": metrics.chance_metrics(result["n_pool"]),
-        "distance": distance,
-        "distance_reason": DISTANCE_REASON[distance] + ("; the ranking this model was trained for" if models_own else
-                                                        f"; not the model's own ranking ({model.distance})"),
-        "reference_encoder": reference_encoder if model.has_predictor else "encoder",  # phase 1: one encoder
-        "pool_diagnostics": pool_stats,
+        "distance": protocol.distance,
+        "distance_reason": DISTANCE_REASON[protocol.distance] + (
+            "; the ranking this model was trained for" if models_own else f"; not the model's own ranking ({model.distance})"),
+        "reference_encoder": protocol.reference_encoder if model.has_predictor else "encoder",  # phase 1: one encoder
+        "pool_diagnostics": pool_diagnostics(corpus.pool),
         "training_overlap": overlap,
         "k64_candidates": result["k64_candidates"],
-        "k64_draws": k64_draws,
-        "seed": seed,
-        "name": name or _checkpoint_name(checkpoint, model_id),
+        "k64_draws": protocol.k64_draws,
+        "seed": protocol.seed,
+        "silence_db": protocol.silence_db,
+        "name": name,
         "checkpoint": checkpoint,
-        "model_id": model_id,
+        "model_id": str(model.model_id),
         "has_predictor": bool(model.has_predictor),
-        "dataset": dataset,
-        "split": split,
-        "label_level": label_level,
-        "label_map": label_map,
+        "dataset": protocol.dataset,
+        "split": protocol.split,
+        "label_level": protocol.label_level,
+        "label_map": protocol.labels,
         "n_songs": corpus.n_songs,
         "n_silent_excluded": corpus.n_silent_excluded,
         "n_silent_mix_excluded": corpus.n_silent_mix_excluded,
@@ -444,25 +407,21 @@ def evaluate_retrieval(
         "skipped": [{"song": s, "reason": r} for s, r in corpus.skipped],
         "skipped_stems": [{"song": s, "stem": t, "reason": r} for s, t, r in corpus.skipped_stems],
         "tie_rule": "pessimistic: pool items as similar as the target rank before it",
-        "seconds": round(seconds, 3),
     }
-    if pool_stats["collapsed"]:
-        log.warning("COLLAPSED MODEL: the %d pool embeddings barely differ (median pairwise cosine %.3f, spread %.3f, RankMe "
-                    "%.1f); retrieval scores of this checkpoint are at chance level whatever the training loss says",
-                    pool_stats["n"], pool_stats["median_cosine"], pool_stats["spread"], pool_stats["rankme"])
-    if out is not None:
-        from .report import write_report
 
-        if overwrite:
-            for f in OUTPUT_FILES:
-                (out / f).unlink(missing_ok=True)
-        _write_rankings(out / "rankings.csv", rows)
-        title = f"{record['name']} on {dataset} ({split}), {label_level} labels: nearest neighbour per label"
-        analysis.write_analysis(tally, out, title, seen, dataset)
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        write_report(record, out / "report.md")
-        atomic_write_text(out / "metrics.json", json.dumps(record, indent=2) + "\n")
-    return record
+
+def _write_outputs(out: Path, record: dict, rows: list[dict], tally, seen, overwrite: bool) -> None:
+    """rankings.csv, analysis.csv with Fig. 2, report.md (metrics.json is written last, by the caller)."""
+    from .report import write_report
+
+    if overwrite:
+        for f in OUTPUT_FILES:
+            (out / f).unlink(missing_ok=True)
+    _write_rankings(out / "rankings.csv", rows)
+    title = (f"{record['name']} on {record['dataset']} ({record['split']}), {record['label_level']} labels: nearest "
+             "neighbour per label")
+    analysis.write_analysis(tally, out, title, seen, record["dataset"])
+    write_report(record, out / "report.md")
 
 
 def pool_diagnostics(pool: list[np.ndarray]) -> dict:
@@ -498,27 +457,16 @@ def training_overlap(model, songs: list[Song], dataset: str, strict: bool = Fals
     return out
 
 
-def evaluate_checkpoints(
-    checkpoints: dict[str, str],
-    songs: list[Song],
-    out_root,
-    label_level: str = "fine",
-    *,
-    dataset: str = "folder",
-    split: str = "all",
-    extra=("top1_k64", "seconds"),
-    overwrite: bool = False,
-    **kwargs,
-) -> str:
-    """Evaluate several checkpoints (name -> path) on the same songs, each into OUT_ROOT/<name>, and return the
-    side-by-side Table-I Markdown (e.g. the five ablations of Table I trained on the same data)."""
+def evaluate_checkpoints(checkpoints: dict[str, str], songs: list[Song], out_root, protocol: RetrievalProtocol | None = None,
+                         *, extra=("top1_k64", "seconds"), overwrite: bool = False, **kwargs) -> str:
+    """Evaluate several checkpoints (name -> path) on the same songs under the same protocol, each into OUT_ROOT/<name>,
+    and return the side-by-side Table-I Markdown (e.g. the five ablations of Table I trained on the same data)."""
     from .report import compare_table
 
     out_root = Path(out_root)
     dirs = []
     for name, ckpt in checkpoints.items():
         run_dir = out_root / name
-        evaluate_retrieval(ckpt, songs, label_level, run_dir, dataset=dataset, split=split, name=name, overwrite=overwrite,
-                           **kwargs)
+        evaluate_retrieval(ckpt, songs, protocol, run_dir, name=name, overwrite=overwrite, **kwargs)
         dirs.append(run_dir)
     return compare_table(dirs, extra=extra)
