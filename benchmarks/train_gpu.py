@@ -48,11 +48,11 @@ def make_labels(path: Path) -> None:
     """Every label path of the palette (each level and each coarse-to-fine prefix) embedded with the frozen MiniLM."""
     import numpy as np
 
+    from stemjepa.data.labels import label_key
     from stemjepa.data.synth.palette import PALETTE
-    from stemjepa.models.conditioning import normalize_label
     from stemjepa.models.text_encoders import get_text_encoder
 
-    labels = sorted({normalize_label(x) for ins in PALETTE for i in range(len(ins.labels))
+    labels = sorted({label_key(x) for ins in PALETTE for i in range(len(ins.labels))
                      for x in (ins.labels[i], " > ".join(ins.labels[:i + 1]))} | {"music"})  # "music": unlabelled stems
     vectors = get_text_encoder("minilm").encode(labels).astype(np.float32)
     np.savez(path, labels=np.array(labels), vectors=vectors)
@@ -63,6 +63,7 @@ def use_label_table(path: Path) -> None:
     """Serve the conditioner's text embeddings from the table; an unknown label falls back to its finest known level."""
     import numpy as np
 
+    from stemjepa.data.labels import label_key
     from stemjepa.models import conditioning, text_encoders
 
     data = np.load(path)
@@ -74,7 +75,7 @@ def use_label_table(path: Path) -> None:
         def encode(self, texts):
             rows = []
             for t in texts:
-                key = conditioning.normalize_label(t)
+                key = label_key(t)
                 if key not in table:
                     known = [p.strip() for p in key.split(">") if p.strip() in table]
                     log(f"label {key!r} not in the table: using {known[-1] if known else 'the mean'}")

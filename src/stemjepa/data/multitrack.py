@@ -18,10 +18,10 @@ from ..audio import SAMPLE_RATE
 from ..audio.io import load_audio
 from ..errors import AudioError, DataError
 from ..fsutil import read_json
+from .labels import UNLABELLED  # noqa: F401 - also imported from here
 
 log = logging.getLogger(__name__)
 
-UNLABELLED = "music"
 
 
 @dataclass

@@ -9,6 +9,8 @@ not "electric piano"). Labels the table lacks fall back to a word-overlap heuris
 """
 from __future__ import annotations
 
+from ..data.labels import label_words
+
 # Each group lists names of one instrument; the first is the dataset's own label. Names are lower-case, single-spaced.
 _MOISESDB = [
     ["lead female singer", "female lead vocals", "female lead vocal", "lead vocals female", "female singer", "female vocals"],
@@ -86,21 +88,17 @@ _SYNTH = [
 ALIASES: dict[str, list[list[str]]] = {"moisesdb": _MOISESDB, "musdb18": _MUSDB, "musdb18hq": _MUSDB, "folder": _SYNTH}
 
 
-def normalise(label: str) -> str:
-    return " ".join(str(label).replace("_", " ").replace("-", " ").lower().split())
-
-
 def alias_group(label: str, dataset: str | None) -> set[str] | None:
     """Every name of the instrument `label` names in `dataset`'s table (itself included), None when the table lacks it.
     The MoisesDB table also serves the other datasets' fine labels, which often use MoisesDB's vocabulary."""
-    norm = normalise(label)
+    norm = label_words(label)
     tables = [ALIASES.get(str(dataset), [])] + ([] if dataset == "moisesdb" else [_MOISESDB])
     for table in tables:
         for group in table:
-            names = {normalise(n) for n in group}
+            names = {label_words(n) for n in group}
             if norm in names:
                 return names
     return None
 
 
-__all__ = ["ALIASES", "alias_group", "normalise"]
+__all__ = ["ALIASES", "alias_group"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+from ..data.labels import label_words
 from ..fsutil import atomic_write_csv
 
 # (key, legend text, colour): greens for the right track, oranges/greys for another track
@@ -77,11 +78,7 @@ def training_labels(model) -> set[str] | None:
     """The labels a checkpoint was trained with: its text conditioner's table (filled with every training label before
     training) or its class list; None for a model without conditioning (contrastive only)."""
     labels = model.known_labels if model.has_predictor else []
-    return {_words(l) for l in labels} if labels else None
-
-
-def _words(label: str) -> str:
-    return " ".join(str(label).replace("_", " ").replace("-", " ").lower().split())
+    return {label_words(l) for l in labels} if labels else None
 
 
 def label_presence(label: str, seen: set[str], dataset: str | None = None) -> str:
@@ -92,7 +89,7 @@ def label_presence(label: str, seen: set[str], dataset: str | None = None) -> st
     instrument, "rhodes electric piano" vs "electric piano", is not a rewording)."""
     from .aliases import alias_group
 
-    norm = _words(label)
+    norm = label_words(label)
     if norm in seen:
         return "seen"
     group = alias_group(label, dataset)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..config import ConditioningConfig
+from ..data.labels import label_key
 from .text_encoders import get_text_encoder, text_dim
 
 
@@ -31,17 +32,14 @@ QUERY_LABELS = 1024  # query-time labels whose text embedding is kept (least rec
 LONG_KEY = 256  # a longer label is cached under its sha256, so the cache's keys stay small too
 
 
-def normalize_label(label: str) -> str:
-    return " ".join(str(label).replace("_", " ").split()).strip().lower()
-
 
 class ClassConditioner(nn.Module):
     def __init__(self, cfg: ConditioningConfig):
         super().__init__()
         if not cfg.classes:
             raise ValueError("classes conditioning needs a non-empty class list")
-        self.classes = [normalize_label(c) for c in cfg.classes]
-        fallback = normalize_label(cfg.class_fallback)
+        self.classes = [label_key(c) for c in cfg.classes]
+        fallback = label_key(cfg.class_fallback)
         self.fallback = self.classes.index(fallback) if fallback in self.classes else len(self.classes) - 1
         self.dim = cfg.class_dim
         self.embedding = nn.Embedding(len(self.classes), cfg.class_dim)
@@ -49,7 +47,7 @@ class ClassConditioner(nn.Module):
 
     def class_index(self, label: str) -> int:
         """A label (or a ' > '-joined label path) maps to the first class it names, finest level first; else the fallback."""
-        parts = [normalize_label(p) for p in str(label).split(">")]
+        parts = [label_key(p) for p in str(label).split(">")]
         for part in reversed(parts):
             if part in self.classes:
                 return self.classes.index(part)
@@ -83,7 +81,7 @@ class TextConditioner(nn.Module):
 
     def add_labels(self, labels) -> None:
         """Embed training labels not in the table yet with the frozen text encoder and append them to the saved table."""
-        new = sorted({normalize_label(l) for l in labels} - set(self.index))
+        new = sorted({label_key(l) for l in labels} - set(self.index))
         if not new:
             return
         self.table = torch.cat([self.table, self._embed(new)], dim=0)
@@ -92,7 +90,7 @@ class TextConditioner(nn.Module):
             self.labels.append(label)
 
     def forward(self, labels: list[str]) -> torch.Tensor:
-        keys = [normalize_label(l) for l in labels]
+        keys = [label_key(l) for l in labels]
         if all(k in self.index for k in keys):
             return self.table[to_device_async([self.index[k] for k in keys], self.table.device)]
         cache_keys = {k: _cache_key(k) for k in keys if k not in self.index}

@@ -261,9 +261,9 @@ class OnnxEmbedder:
 
     def condition(self, label: str) -> np.ndarray:
         """The stored condition vector of a known label (text: normalised spelling; classes: the class name)."""
-        from .conditioning import normalize_label
+        from ..data.labels import label_key
 
-        key = normalize_label(label)
+        key = label_key(label)
         if key not in self.labels:
             raise KeyError(f"label {label!r} not in the exported table; embed it with the model's text encoder")
         return self.conditions[self.labels.index(key)]
