@@ -13,6 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `--precision auto` picks bf16 on CPUs with native bf16 (AVX512-BF16/AMX) and fp32 elsewhere: the suite runs in fp32 on
 # every machine so that its tolerances do not depend on the CPU (bf16 paths are tested explicitly in test_precision.py)
 os.environ.setdefault("STEMJEPA_CPU_BF16", "0")
+# indexes built by the suite store no tempo/key (the analyser costs about a second per file and the suite builds hundreds
+# of small indexes that do not test it); modules marked `analysis` turn it on (the fixture below)
+os.environ.setdefault("STEMJEPA_ANALYSIS", "0")
 
 from toy import write_toy_corpus  # noqa: E402
 
@@ -43,3 +46,12 @@ def tiny_phase1_checkpoint(toy_corpus, tmp_path_factory) -> Path:
 def tiny_checkpoint(toy_corpus, tmp_path_factory) -> Path:
     """A phase-2 checkpoint of the `tiny` config (FiLM on MiniLM text embeddings), a few steps on the toy corpus."""
     return train_tiny("tiny", toy_corpus, tmp_path_factory.mktemp("run_p2"), steps=3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _index_time_analysis(request):
+    """STEMJEPA_ANALYSIS=1 for the modules marked `analysis` (set before their module-scoped fixtures build indexes)."""
+    marked = request.node.get_closest_marker("analysis") is not None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STEMJEPA_ANALYSIS", "1" if marked else "0")
+        yield

@@ -66,7 +66,7 @@ def test_query_by_upload_gives_k_candidates_and_aligned_downloads(served):
     assert q["library_size"] == 16 and q["mix"]["frames"] == len(mix) and q["mix"]["sample_rate"] == MIX_SR
     results = q["results"]
     assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
-    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    assert [r["z"] for r in results] == sorted((r["z"] for r in results), reverse=True)
     assert results[0]["percentile"] == 100.0 and all(0 <= r["percentile"] <= 100 for r in results)
     assert all(-1.0001 <= r["cosine"] <= 1.0001 for r in results)
     from toy import STEM_LABELS

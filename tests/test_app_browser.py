@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from app_helpers import MIX_SR, copy_library, index_library, mix_without
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.analysis]  # analysis: the screenshot shows tempo and key
 
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "app.png"
 
@@ -90,7 +90,7 @@ def test_upload_query_play_together_and_download(server, tmp_path):
             page.wait_for_selector("#rows tr.result", timeout=120_000)
             page.wait_for_function("window.stemjepa.player.buffers.size > 0")  # candidate 1 decoded
             assert page.locator("#rows tr.result").count() == k
-            assert page.text_content("#rows tr.result:first-child .score").endswith("\u03c3")
+            assert page.text_content("#rows tr.result:first-child .z").endswith("\u03c3")
 
             page.click("#play")
             page.wait_for_function("window.stemjepa.player.status().playing")

@@ -90,12 +90,12 @@ def test_query_export_writes_candidates_aligned_to_the_mix(tmp_path, monkeypatch
     assert main(["query", str(mix_path), "--instrument", "bass", "--index", str(tmp_path / "idx"), "-k", "2",
                  "--export", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "score" in table and "cosine" in table
+    assert " z " in table and "percentile" in table
     doc = json.loads((out / "results.json").read_text())
     assert doc["sample_rate"] == mix_sr and doc["frames"] == len(mono) and len(doc["results"]) == 2
     best = doc["results"][0]
     assert best["path"].endswith("long.wav") and best["offset"] == 4.0
-    assert {"score", "cosine", "percentile"} <= set(best)
+    assert {"z", "cosine", "percentile", "analysis"} <= set(best)
     data, sr = sf.read(out / best["file"], dtype="float32", always_2d=True)
     assert sr == mix_sr and data.shape == (len(mono), 1)
     expected = np.clip(resample(long, SR, mix_sr), -1, 1)  # written as PCM: clipped to full scale

@@ -243,7 +243,7 @@ def test_cli_index_and_query(library, tmp_path, monkeypatch, capsys):
     assert main(["query", *mixes, "--instrument", "bass", "--index", str(tmp_path / "idx"), "-k", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [d["results"][0]["path"] for d in data] == [str(root / "song1/bass.wav"), str(root / "song4/bass.wav")]
-    assert set(data[0]["results"][0]) >= {"rank", "score", "path", "offset"}
+    assert set(data[0]["results"][0]) >= {"rank", "z", "percentile", "path", "offset", "analysis"}
     assert main(["query", mixes[0], "--instrument", "bass", "--index", str(tmp_path / "idx")]) == 0
     table = capsys.readouterr().out
     assert "rank" in table and str(root / "song1/bass.wav") in table.splitlines()[2]

@@ -40,7 +40,7 @@ def test_index_and_query_with_a_real_checkpoint(tiny_checkpoint, toy_corpus, tmp
     assert {r["path"] for r in results} == {str(p.resolve()) for p in toy_corpus.glob("*/*.wav")}
     scores = [r["cosine"] for r in results]
     assert scores == sorted(scores, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in scores)
-    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    assert [r["z"] for r in results] == sorted((r["z"] for r in results), reverse=True)
     assert results[0]["percentile"] == 100.0 and results[-1]["percentile"] == 0.0  # all 16 files were asked for
     from stemjepa.models import load_model
 

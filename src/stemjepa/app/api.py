@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -21,7 +22,6 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..errors import AudioError, StemJepaError
 from ..fsutil import WriteError
-from ..search.export import safe_name
 from .files import Busy, NotFound, PathRefused, StorageFull, TooLarge
 from .guard import Guard, HostList
 from .pictures import spectrogram_png
@@ -56,13 +56,20 @@ def accepts(*types: str):
 
 
 class QueryRequest(BaseModel):
-    """One query: a mix (an upload id or a path in the mixes folder), the instrument to look for, and k."""
+    """One query: a mix (an upload id or a path in the mixes folder), the instrument to look for, k, and optional
+    tempo/key filters and ranking (the CLI's --bpm, --key, --rank)."""
 
     upload: str | None = Field(None, description="id returned by POST /api/uploads")
     mix: str | None = Field(None, description="path relative to the server's mixes folder (GET /api/mixes)")
     instrument: str = Field(..., description='free text, e.g. "bass" or "warm electric piano"')
     k: int = Field(10, description="number of candidates")
     index: str | None = Field(None, description="index name (GET /api/info); default: the first")
+    bpm: str | float | None = Field(None, description='tempo filter: "120" (+-4 %), "120+-3", "118-124"; a trailing '
+                                                      '"!" turns half/double time off')
+    key: str | None = Field(None, description='key filter: "A minor", "Am", "8A" (Camelot); ":relative", ":camelot" '
+                                              '(neighbours) or "+-2" (within 2 semitones)')
+    rank: Literal["model", "compat"] = Field("model", description='"compat": the model\'s z lowered by a poor tempo/key '
+                                                                  "fit to the mix")
 
 
 def _name(filename: str) -> str:
@@ -163,7 +170,8 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
             if engine.mixes is None:
                 raise NotFound("this server has no mixes folder (start it with --mixes DIR)")
             path, name = engine.mixes.resolve(req.mix), req.mix
-        job = engine.submit_query(path, name, req.instrument, req.k, req.index)
+        job = engine.submit_query(path, name, req.instrument, req.k, req.index, bpm=req.bpm, key=req.key,
+                                  rank=req.rank)
         return {"job": job.id, "job_url": f"/api/jobs/{job.id}"}
 
     @app.get("/api/jobs/{job_id}", summary="State and progress of a query; its result when done (kept a while after "
@@ -183,19 +191,23 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
     def mix_png(qid: str):
         return Response(spectrogram_png(*engine.mix_audio(qid)), media_type="image/png")
 
-    @app.get("/api/queries/{qid}/candidates/{rank}/aligned.wav",
-             summary="Candidate from its matched offset, looped or trimmed to the mix (its length and rate)")
-    def aligned_wav(qid: str, rank: int):
-        rec, r = engine.candidate(qid, rank)
-        name = safe_name(f"{Path(rec.mix_name).stem}_{rank:02d}_{Path(r.path).stem}")
-        return _wav(*engine.aligned(qid, rank), download=f"{name}.wav")
+    fit_param = Query(False, description="fitted to the mix: time-stretched to its tempo, transposed to its key, "
+                                         "started on its first downbeat (stemjepa.audio.fit)")
 
-    @app.get("/api/queries/{qid}/candidates/{rank}/premix.wav", summary="Mix plus the aligned candidate")
-    def premix_wav(qid: str, rank: int, balance: float = Query(0.5, ge=0.0, le=1.0,
-                                                                 description="0 mix only, 0.5 both, 1 candidate only")):
+    @app.get("/api/queries/{qid}/candidates/{rank}/aligned.wav",
+             summary="Candidate from its matched offset, looped or trimmed to the mix (its length and rate); "
+                     "fit=1: fitted to the mix's tempo, key and downbeat")
+    def aligned_wav(qid: str, rank: int, fit: bool = fit_param):
         rec, r = engine.candidate(qid, rank)
-        name = safe_name(f"{Path(rec.mix_name).stem}_premix_{rank:02d}_{Path(r.path).stem}")
-        return _wav(*engine.premix(qid, rank, balance), download=f"{name}.wav")
+        wave, sr = engine.candidate_audio(qid, rank, fit)
+        return _wav(wave, sr, download=engine.download_name(rec, r, fit))
+
+    @app.get("/api/queries/{qid}/candidates/{rank}/premix.wav", summary="Mix plus the aligned (or fitted) candidate")
+    def premix_wav(qid: str, rank: int, balance: float = Query(0.5, ge=0.0, le=1.0,
+                                                                 description="0 mix only, 0.5 both, 1 candidate only"),
+                   fit: bool = fit_param):
+        rec, r = engine.candidate(qid, rank)
+        return _wav(*engine.premix(qid, rank, balance, fit), download=engine.download_name(rec, r, fit, premix=True))
 
     @app.get("/api/queries/{qid}/candidates/{rank}/picture.png", summary="Spectrogram of the aligned candidate")
     def candidate_png(qid: str, rank: int):

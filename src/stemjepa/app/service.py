@@ -18,16 +18,18 @@ import numpy as np
 from ..audio.io import load_playback, probe, resample
 from ..errors import AudioError, StemJepaError
 from ..models.registry import load_model
-from ..search.export import SUBTYPE, align, premix
+from ..search.export import SUBTYPE, align, fit_candidate, premix, safe_name
 from ..search.inputs import check_instrument, load_query
 from ..search.reader import SearchResult, StemIndex
 from .files import Library, MixFolder, NotFound, TooLarge, UploadStore
+from .filters import QueryFilters, analysis_dict
 from .jobs import Job, Jobs
 from .labels import stem_labels
 from .settings import ServeConfig
 
 CHUNKS_PER_STEP = 16  # model chunks embedded between two progress reports
 DECODES_AT_ONCE = 2  # mixes decoded at the same time (each up to max_decoded_mb): concurrent uploads wait their turn
+FITS_AT_ONCE = 2  # candidates fitted to their mix at the same time (a fit is seconds of CPU and a mix-sized buffer)
 
 
 @dataclass
@@ -51,6 +53,8 @@ class QueryRecord:
     channels: int
     results: list[SearchResult]
     library_size: int
+    mix_analysis: object | None = None  # stemjepa.analysis.Analysis of the mix; None when it could not be analysed
+    filters: QueryFilters | None = None
 
 
 def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
@@ -112,6 +116,7 @@ class Engine:
         self._lock = threading.Lock()
         self._audio_cache: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
         self._decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
+        self._fitting = threading.BoundedSemaphore(FITS_AT_ONCE)
 
     def _unique_name(self, base: str) -> str:
         name, i = base, 2
@@ -223,7 +228,10 @@ class Engine:
         return hit
 
     # --- queries ---------------------------------------------------------------------------------------------------
-    def submit_query(self, mix_path: Path, mix_name: str, instrument: str, k: int, index: str | None) -> Job:
+    def submit_query(self, mix_path: Path, mix_name: str, instrument: str, k: int, index: str | None,
+                     bpm: str | None = None, key: str | None = None, rank: str = "model") -> Job:
+        """Start a query job; every field is checked here, before the job is queued (a bad filter is a 400 now, not a
+        failed job later)."""
         handle = self.handle(index)
         if isinstance(instrument, str) and len(instrument) > self.limits.max_instrument_chars:
             raise TooLarge(f"instrument text of {len(instrument)} characters; this server accepts up to "
@@ -231,9 +239,12 @@ class Engine:
         instrument = check_instrument(instrument)
         if not 1 <= int(k) <= self.limits.max_k:
             raise StemJepaError(f"k must be between 1 and {self.limits.max_k}, got {k}")
-        return self.jobs.submit(lambda job: self._run_query(job, handle, mix_path, mix_name, instrument, int(k)))
+        filters = QueryFilters.parse(bpm, key, rank)
+        return self.jobs.submit(lambda job: self._run_query(job, handle, mix_path, mix_name, instrument, int(k), filters))
 
-    def _run_query(self, job: Job, h: IndexHandle, mix_path: Path, mix_name: str, instrument: str, k: int) -> dict:
+    def _run_query(self, job: Job, h: IndexHandle, mix_path: Path, mix_name: str, instrument: str, k: int,
+                   filters: QueryFilters | None = None) -> dict:
+        filters = filters or QueryFilters()
         job.report(f"decoding {mix_name}", 0.01)
         with self._lock:
             hit = self._audio_cache.get(("native", str(mix_path)))  # an upload, checked when it arrived
@@ -250,13 +261,15 @@ class Engine:
                        0.05 + 0.9 * done / total)
 
         vector = embed_query(model, wave, instrument, report)
-        job.report("searching the library", 0.96)
+        job.report(f"finding the tempo and key of {mix_name}", 0.95)
+        mix_analysis = analyse_mix(h.index, wave, model_sr)
+        job.report("searching the library", 0.97)
         with h.lock:
-            results = h.index.search_vectors(vector[None], k)[0]
+            results = h.index.search_vectors(vector[None], k, **filters.search_args(mix_analysis))[0]
             h.library.set_paths(h.index.store.live_stats(h.index.generation).keys())
             size = len(h.index)
         rec = QueryRecord(uuid.uuid4().hex[:16], h.name, mix_path, mix_name, instrument, native.shape[1], sr,
-                          native.shape[0], results, size)
+                          native.shape[0], results, size, mix_analysis, filters)
         with self._lock:
             self.queries[rec.id] = rec
             while len(self.queries) > self.limits.kept_queries:
@@ -266,21 +279,36 @@ class Engine:
     def describe(self, rec: QueryRecord) -> dict:
         lib = self.indexes[rec.index].library
         base = f"/api/queries/{rec.id}"
+        filters = rec.filters or QueryFilters()
         return {
             "id": rec.id, "index": rec.index, "instrument": rec.instrument, "library_size": rec.library_size,
+            "filters": filters.describe(rec.mix_analysis),
             "mix": {"name": rec.mix_name, "frames": rec.frames, "sample_rate": rec.sample_rate,
                     "channels": rec.channels, "seconds": rec.frames / rec.sample_rate,
+                    "analysis": analysis_dict(rec.mix_analysis),
                     "audio_url": f"{base}/mix.wav", "picture_url": f"{base}/mix.png"},
             "results": [{
-                "rank": r.rank, "score": round(r.score, 4), "percentile": round(r.percentile, 2),
+                "rank": r.rank, "z": round(r.z, 4), "percentile": round(r.percentile, 2),
                 "cosine": r.cosine, "chunk_cosine": r.chunk_cosine, "offset": r.offset, "duration": r.duration,
+                "analysis": analysis_dict(getattr(r, "analysis", None)),
+                "compatibility": getattr(r, "compatibility", None),
                 "path": lib.relative(r.path), "name": Path(r.path).name, "labels": stem_labels(r.path),
+                "file_name": self.download_name(rec, r, fit=False),
+                "fitted_file_name": self.download_name(rec, r, fit=True),
                 "audio_url": f"/api/library/file?{urlencode({'index': rec.index, 'path': lib.relative(r.path)})}",
                 "aligned_url": f"{base}/candidates/{r.rank}/aligned.wav",
+                "fitted_url": f"{base}/candidates/{r.rank}/aligned.wav?fit=1",
                 "premix_url": f"{base}/candidates/{r.rank}/premix.wav",
                 "picture_url": f"{base}/candidates/{r.rank}/picture.png",
             } for r in rec.results],
         }
+
+    @staticmethod
+    def download_name(rec: QueryRecord, r: SearchResult, fit: bool, premix: bool = False) -> str:
+        """`mix_01_stem.wav` (`mix_premix_01_stem.wav`; `.fit.wav` when fitted): the name a download or a drag out of
+        the page is saved under."""
+        name = safe_name(f"{Path(rec.mix_name).stem}{'_premix' if premix else ''}_{r.rank:02d}_{Path(r.path).stem}")
+        return f"{name}{'.fit' if fit else ''}.wav"
 
     # --- audio renditions ------------------------------------------------------------------------------------------
     def mix_audio(self, qid: str) -> tuple[np.ndarray, int]:
@@ -301,7 +329,49 @@ class Engine:
         self._cache_audio(key, *out)
         return out
 
-    def premix(self, qid: str, rank: int, balance: float) -> tuple[np.ndarray, int]:
-        cand, sr = self.aligned(qid, rank)
+    def fitted(self, qid: str, rank: int) -> tuple[np.ndarray, int]:
+        """The candidate fitted to the mix (tempo, key, downbeat; stemjepa.audio.fit), the mix's length and rate.
+
+        Cached like the aligned audio; FITS_AT_ONCE fits run at a time (uploads are not held up by them), each bounded by
+        the mix's size (which passed the decoded-size check) and the candidate's decode budget."""
+        rec, r = self.candidate(qid, rank)
+        if rec.mix_analysis is None:
+            raise StemJepaError(f"{rec.mix_name}: the tempo and key of this mix are unknown, so the candidate cannot be "
+                                "fitted to it (listen to it aligned instead)")
+        key = ("fit", qid, rank)
+        with self._lock:
+            hit = self._audio_cache.get(key)
+        if hit is not None:
+            return hit
+        lib = self.indexes[rec.index].library
+        path = lib.resolve(lib.relative(r.path))
+        with self._fitting:
+            with self._lock:  # fitted by a request that held the semaphore before this one
+                hit = self._audio_cache.get(key)
+            if hit is not None:
+                return hit
+            cand, cand_sr = load_playback(path, max_samples=self.max_samples)
+            wave, _ = fit_candidate(cand, cand_sr, r, rec.mix_analysis, rec.frames, rec.sample_rate)
+            out = np.atleast_2d(wave), rec.sample_rate
+            self._cache_audio(key, *out)
+        return out
+
+    def candidate_audio(self, qid: str, rank: int, fit: bool = False) -> tuple[np.ndarray, int]:
+        return self.fitted(qid, rank) if fit else self.aligned(qid, rank)
+
+    def premix(self, qid: str, rank: int, balance: float, fit: bool = False) -> tuple[np.ndarray, int]:
+        cand, sr = self.candidate_audio(qid, rank, fit)
         mix, _ = self.mix_audio(qid)
         return premix(mix, cand, balance), sr
+
+
+def analyse_mix(index: StemIndex, wave: np.ndarray, sample_rate: int):
+    """The mix's tempo and key (StemIndex.analyse_mix), or None when it cannot be analysed: the query still answers,
+    without the mix's BPM/key, compat ranking or fitting (a damaged or unusual mix must not cost the whole query)."""
+    run = getattr(index, "analyse_mix", None)
+    if run is None:
+        return None
+    try:
+        return run(wave, sample_rate)
+    except (StemJepaError, ImportError, ValueError, FloatingPointError):
+        return None

@@ -5,12 +5,13 @@ from __future__ import annotations
 def add_parser(subparsers) -> None:
     from .options import add_model_option, positive_int
 
-    p = subparsers.add_parser("embed", help="embed audio files (one mean-pooled vector per file)")
+    p = subparsers.add_parser("embed", help="embed audio files (one mean-pooled vector per file, with its tempo and key)")
     p.add_argument("files", nargs="+", help="audio files")
     add_model_option(p)
     p.add_argument("--out", help="save the (n_files, d) array to this .npy file instead of printing, with the list of its "
-                                 "files beside it (OUT.files.json: row i of the array is files[i]; files that failed are "
-                                 "listed under 'skipped', not in the array); exit status 1 when a file failed")
+                                 "files beside it (OUT.files.json: row i of the array is files[i], analysis[i] its tempo and "
+                                 "key {bpm, key, ...}; files that failed are listed under 'skipped', not in the array); "
+                                 "exit status 1 when a file failed")
     p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="audio chunks per forward pass, shared across files (default 16)")
@@ -46,6 +47,7 @@ def run(args) -> int:
     from ..errors import StemJepaError
     from ..fsutil import atomic_write, atomic_write_text
     from ..models import load_model
+    from ..search.build import analyse_wave
 
     out = listing = None
     if args.out:
@@ -60,22 +62,26 @@ def run(args) -> int:
     from ..models.inference import prefetch
 
     model.precision = args.precision
-    vectors, failed, decoded = [], [], []
+    vectors, failed, decoded, analyses = [], [], [], []
 
     def load(path):
         wave = load_audio(path, model.sample_rate)
         check_embeddable(wave, model.sample_rate, path)
-        return wave
+        analysis, problem = analyse_wave(wave, model.sample_rate)  # in the loader threads, beside the model
+        if problem:
+            print(f"warning: {path}: {problem}")
+        return wave, analysis
 
     def waves():  # decoded in two threads while the model runs; a file that fails is reported and skipped
         for path, fut in prefetch(args.files, load, workers=2, ahead=8):
             try:
-                wave = fut.result()
+                wave, analysis = fut.result()
             except StemJepaError as exc:
                 print(f"warning: skipped {exc}")
                 failed.append((path, str(exc)))
                 continue
             decoded.append(path)
+            analyses.append(analysis)
             yield wave
 
     # chunks of consecutive files share batches: many short files do not run one small batch each
@@ -87,22 +93,25 @@ def run(args) -> int:
             print(f"warning: skipped {exc}")
             failed.append((path, str(exc)))
             continue
-        vectors.append((path, emb.vector))
+        vectors.append((path, emb.vector, analyses[k]))
     if not vectors:
         raise StemJepaError("no file could be embedded")
     if out is not None:
-        atomic_write(out, lambda fh: np.save(fh, np.stack([v for _, v in vectors])))  # never a half-written file
-        doc = {"array": out.name, "model_id": str(model.model_id), "files": [str(p) for p, _ in vectors],
+        atomic_write(out, lambda fh: np.save(fh, np.stack([v for _, v, _ in vectors])))  # never a half-written file
+        doc = {"array": out.name, "model_id": str(model.model_id), "files": [str(p) for p, _, _ in vectors],
+               "analysis": [a for _, _, a in vectors],
                "skipped": [{"file": str(p), "reason": r} for p, r in failed]}
         try:
             atomic_write_text(listing, json.dumps(doc, indent=1) + "\n")
         except StemJepaError:
             out.unlink(missing_ok=True)  # an array without its file list is not left behind
             raise
-        print(f"saved {len(vectors)} embeddings of dimension {vectors[0][1].shape[0]} to {out}, their files in "
-              f"{listing}" + (f"; {len(failed)} file(s) failed and are in neither" if failed else ""))
+        print(f"saved {len(vectors)} embeddings of dimension {vectors[0][1].shape[0]} to {out}, their files with tempo "
+              f"and key in {listing}" + (f"; {len(failed)} file(s) failed and are in neither" if failed else ""))
     else:
         np.set_printoptions(precision=4, suppress=True, linewidth=120, threshold=12)
-        for path, v in vectors:
-            print(f"{path}\t{v}")
+        for path, v, a in vectors:
+            bpm = "-" if a is None or a.get("bpm") is None else f"{a['bpm']:.1f}"
+            key = "-" if a is None or a.get("key") is None else a["key"]
+            print(f"{path}\t{bpm} BPM\t{key}\t{v}")
     return 1 if failed else 0

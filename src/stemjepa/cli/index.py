@@ -8,9 +8,11 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "index", help="index a folder of stems for `stemjepa query` (incremental: re-run to pick up changes)",
-        description="Embed every audio file under DIR and store the vectors in the --out folder. Re-running adds new "
-                    "files, skips unchanged ones and drops deleted ones; an interrupted run resumes where it stopped. "
-                    "Files that cannot be indexed are listed at the end and the exit status is then 1.")
+        description="Embed every audio file under DIR, estimate its tempo and key, and store both in the --out folder. "
+                    "Re-running adds new files, skips unchanged ones and drops deleted ones; an interrupted run resumes "
+                    "where it stopped; files indexed before tempo and key existed (or by an older analyser) are analysed "
+                    "then. Files that cannot be indexed are listed at the end and the exit status is then 1; a file "
+                    "whose tempo/key analysis fails is indexed without them and listed.")
     p.add_argument("dir", help="folder of stems (searched recursively; hidden files and folders are skipped)")
     add_model_option(p, what="model to embed with (queries use the same one; the index records it)")
     p.add_argument("--out", required=True, metavar="INDEX_DIR",

@@ -1,8 +1,9 @@
 """Stem library search: index a folder of stems (FAISS vectors + SQLite metadata) and query it with a mix.
 
 `build_index(root, out, model)` (build.py, the writer) creates or updates an index;
-`StemIndex.open(path).query(mix, instrument, k)` (reader.py) searches it. `model` is any `EmbeddingModel`
-(stemjepa.models.protocol). The on-disk layout: store.py (SQLite) and snapshot.py (what queries map).
+`StemIndex.open(path).query(mix, instrument, k, bpm=, key=, rank=)` (reader.py) searches it, with tempo/key filters
+(filtering.py) and compatibility ranking (scores.py). `model` is any `EmbeddingModel` (stemjepa.models.protocol). The
+on-disk layout: store.py (SQLite, with each file's tempo and key) and snapshot.py (what queries map).
 Names are imported lazily so that `stemjepa --help` does not load numpy/faiss.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 
 _EXPORTS = {
     "build_index": "build", "IndexSummary": "build", "SearchResult": "reader", "StemIndex": "reader",
-    "MIN_QUERY_SECONDS": "inputs", "QueryError": "inputs",
+    "MIN_QUERY_SECONDS": "inputs", "QueryError": "inputs", "RANKS": "reader",
     "FORMAT_VERSION": "store", "StemIndexError": "store",
     "AUTO_APPROX_THRESHOLD": "vectors",
 }

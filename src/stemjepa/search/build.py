@@ -66,13 +66,16 @@ class IndexSummary:
     index_type: str = ""
     generation: int = 0
     repaired: str = ""  # the damaged snapshot that this run rewrote
+    analysed: int = 0  # files already in the index analysed for tempo and key by this run (older index, new analyser)
+    unanalysed: list[tuple[str, str]] = field(default_factory=list)  # indexed, but tempo/key analysis failed: (path, why)
 
     def text(self) -> str:
         lines = [f"{self.index}: {self.total} files searchable ({self.index_type}, generation {self.generation}); "
                  f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
                  f"{len(self.failed)} failed"]
         extra = [f"{n} {what}" for n, what in ((self.resumed, "kept from an interrupted run"),
-                                               (self.reused, "copied from identical files")) if n]
+                                               (self.reused, "copied from identical files"),
+                                               (self.analysed, "indexed before, now analysed for tempo and key")) if n]
         if extra:
             lines[0] += f" ({', '.join(extra)})"
         if self.repaired:
@@ -81,6 +84,7 @@ class IndexSummary:
             lines.append("  note: no audio files found under the folder (looked for "
                          f"{', '.join(e.lstrip('.') for e in AUDIO_EXTENSIONS)})")
         lines += [f"  failed: {path}: {problem}" for path, problem in self.failed]
+        lines += [f"  no tempo/key (indexed without them): {path}: {problem}" for path, problem in self.unanalysed]
         return "\n".join(lines)
 
 
@@ -93,12 +97,16 @@ class _Todo(NamedTuple):
 
 @dataclass
 class _Loaded:
-    """A file read for embedding: its wave, or the vectors of a stored file with the same bytes (`reuse`)."""
+    """A file read for embedding: its wave, or the vectors of a stored file with the same bytes (`reuse`); its tempo
+    and key analysis (`analysis_version` None: not analysed, `problem`: why the analysis failed)."""
 
     todo: _Todo
     checksum: str
     wave: np.ndarray | None
     reuse: FileRow | None
+    analysis: dict | None = None
+    analysis_version: int | None = None
+    problem: str | None = None
 
 
 @dataclass
@@ -109,6 +117,8 @@ class _Embedded:
     checksum: str
     duration: float
     vectors: FileVectors
+    analysis: dict | None = None
+    analysis_version: int | None = None
 
 
 def model_reference(checkpoint) -> str | None:
@@ -122,6 +132,19 @@ def model_reference(checkpoint) -> str | None:
         return resolve(checkpoint).ref
     except CheckpointError:
         return str(Path(checkpoint).resolve())
+
+
+def analyse_wave(wave: np.ndarray, sample_rate: int) -> tuple[dict | None, str | None]:
+    """(Analysis.to_dict(), None) of a decoded file, or (None, the problem) when the analyser fails on it: the file is
+    still indexed, without tempo and key."""
+    from ..analysis import analyse
+
+    try:
+        return analyse(np.asarray(wave, np.float32), int(sample_rate)).to_dict(), None
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one file's analysis must not stop the index
+        return None, f"tempo/key analysis failed ({type(exc).__name__}: {str(exc)[:160]})"
 
 
 def _file_vectors(emb, dim: int) -> FileVectors:
@@ -171,7 +194,11 @@ def build_index(root, out, model: EmbeddingModel, checkpoint=None, batch_size: i
     are skipped, deleted files are dropped. Work is committed after every batch, so a run that is killed resumes where
     it stopped; the searchable index changes only at the final commit. `index_type` (auto|exact|ivfpq|hnsw) defaults
     to the index's current policy (auto for a new index). `batch_size` is the number of model chunks per forward pass.
-    `on_phase(name)` is called at "batch" (a batch committed) and "snapshot" (snapshot written, not yet committed).
+    Each embedded file's tempo and key (stemjepa.analysis) are estimated from the wave decoded for the model and stored
+    with its row; rows without an analysis of the current ANALYSIS_VERSION (an older index or analyser) are analysed in
+    place, their vectors kept. A file whose analysis fails is indexed without it and listed in `summary.unanalysed`.
+    `on_phase(name)` is called at "batch" (a batch committed), "analysis" (a batch of older rows analysed) and
+    "snapshot" (snapshot written, not yet committed).
     An update that would remove every file of a non-empty index (an unmounted drive) is refused unless `allow_empty`.
     A full disk or a write error ends the run with one line; the previous generation stays searchable.
     `precision` (auto|fp32|bf16|fp16; default: the model's) is that of every forward pass (models/precision.py).
@@ -219,6 +246,10 @@ class _Update:
         self.on_phase = on_phase or (lambda phase: None)
         self.summary = IndexSummary(index=str(store.folder))
         self._db_lock = threading.Lock()  # the loader threads look up reusable rows on the same connection
+        from ..analysis import ANALYSIS_VERSION, index_time_analysis
+
+        self.analysis_version = int(ANALYSIS_VERSION)
+        self.analyse = index_time_analysis()  # off: rows are stored without tempo/key, a later run adds them
         self._init_info(index_type)
         self.G = store.generation
         self.N = self.G + 1
@@ -302,6 +333,7 @@ class _Update:
             s.mark_removed(remove, N)
 
         self._embed_all(to_embed)
+        self._analyse_stale()
         self._publish()
         return sm
 
@@ -319,12 +351,22 @@ class _Update:
         checksum = file_checksum(path)
         with self._db_lock:  # a copied or renamed file: its vectors are reused, not recomputed
             reuse = self.store.row_by_checksum(checksum, self.dim)
-        if reuse is not None:
-            return _Loaded(todo, checksum, None, reuse)
+        version = self.analysis_version
+        if reuse is not None and (reuse.analysis_version == version or not self.analyse):
+            return _Loaded(todo, checksum, None, reuse, reuse.analysis, reuse.analysis_version)
         sr = self.model.sample_rate
+        if reuse is not None:  # same vectors; analysed now (a row of an older index or analyser); else next run
+            try:
+                analysis, problem = analyse_wave(load_audio(path, sample_rate=sr, mono=True), sr)
+            except (AudioError, OSError) as exc:
+                return _Loaded(todo, checksum, None, reuse, None, None, getattr(exc, "problem", None) or str(exc))
+            return _Loaded(todo, checksum, None, reuse, analysis, version, problem)
         wave = load_audio(path, sample_rate=sr, mono=True)
         check_embeddable(wave, sr, path)
-        return _Loaded(todo, checksum, wave, None)
+        if not self.analyse:
+            return _Loaded(todo, checksum, wave, None)
+        analysis, problem = analyse_wave(wave, sr)  # from the wave decoded for the model: each file is decoded once
+        return _Loaded(todo, checksum, wave, None, analysis, version, problem)
 
     def _embed_all(self, to_embed: list[_Todo]) -> None:
         from ..models.inference import prefetch
@@ -391,26 +433,77 @@ class _Update:
         for b in batch:
             try:
                 if b.reuse is not None:
-                    rows.append(_Embedded(b.todo, b.checksum, b.reuse.duration, b.reuse.vectors))
+                    rows.append(_Embedded(b.todo, b.checksum, b.reuse.duration, b.reuse.vectors, b.analysis,
+                                          b.analysis_version))
                     self.summary.reused += 1
-                    continue
-                emb = embs.get(id(b))
-                if isinstance(emb, Exception) or emb is None:
-                    raise StemJepaError(f"embedding failed ({type(emb).__name__}: {emb})")
-                duration = len(b.wave) / self.model.sample_rate
-                rows.append(_Embedded(b.todo, b.checksum, duration, _file_vectors(emb, self.dim)))
+                else:
+                    emb = embs.get(id(b))
+                    if isinstance(emb, Exception) or emb is None:
+                        raise StemJepaError(f"embedding failed ({type(emb).__name__}: {emb})")
+                    duration = len(b.wave) / self.model.sample_rate
+                    rows.append(_Embedded(b.todo, b.checksum, duration, _file_vectors(emb, self.dim), b.analysis,
+                                          b.analysis_version))
+                if b.problem:
+                    self.summary.unanalysed.append((b.todo.file.path, b.problem))
             except StemJepaError as exc:
                 self._failed(b.todo, str(exc))
         s = self.store
         with self._db_lock, s.transaction():
             for row in rows:
-                s.insert_row(row.todo.file, row.checksum, row.duration, row.vectors, self.N)
+                s.insert_row(row.todo.file, row.checksum, row.duration, row.vectors, self.N, row.analysis,
+                             row.analysis_version)
             s.mark_removed([r.todo.replaces for r in rows if r.todo.replaces is not None], self.N)
         replaced = sum(r.todo.replaces is not None for r in rows)
         self.summary.updated += replaced
         self.summary.added += len(rows) - replaced
         bar.update(len(batch))
         self.on_phase("batch")
+
+    # --- tempo and key of rows indexed before --------------------------------------------------------------------------
+    def _analyse_stale(self, batch: int = 32) -> None:
+        """Analyse the files of the index that have no analysis of this ANALYSIS_VERSION (an index written before
+        analysis existed, or by an older analyser): decoded again (their vectors are kept), updated in place."""
+        from ..models.inference import prefetch
+
+        stale = self.store.stale_analysis(self.N, self.analysis_version) if self.analyse else []
+        if not stale:
+            return
+        sr = self.model.sample_rate
+
+        def load(item):
+            return analyse_wave(load_audio(item[1], sample_rate=sr, mono=True), sr)
+
+        bar = _progress(len(stale), self.progress, "tempo and key")
+        done: list[tuple[int, dict | None]] = []
+        try:
+            for (row_id, path), fut in prefetch(stale, load):
+                try:
+                    analysis, problem = fut.result()
+                except (AudioError, OSError) as exc:  # unreadable now: left unanalysed, tried again next run
+                    self.summary.unanalysed.append((path, getattr(exc, "problem", None) or str(exc)))
+                    bar.update(1)
+                    continue
+                if problem:
+                    self.summary.unanalysed.append((path, problem))
+                done.append((row_id, analysis))
+                bar.update(1)
+                if len(done) >= batch:
+                    self._store_analyses(done)
+                    done = []
+            self._store_analyses(done)
+        finally:
+            bar.close()
+
+    def _store_analyses(self, done: list[tuple[int, dict | None]]) -> None:
+        if not done:
+            return
+        s = self.store
+        with self._db_lock, s.transaction():
+            for row_id, analysis in done:
+                s.set_analysis(row_id, analysis, self.analysis_version)
+            s.analyses_changed()
+        self.summary.analysed += len(done)
+        self.on_phase("analysis")
 
     # --- publish ---------------------------------------------------------------------------------------------------
     def _publish(self) -> None:

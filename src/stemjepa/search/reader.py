@@ -7,40 +7,70 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from ..errors import AudioError, CheckpointError, StemJepaError
-from .inputs import check_instrument, load_query
-from .scores import percentile, standardised
+from ..errors import AudioError, CheckpointError, DataError, StemJepaError
+from .filtering import Filters, filtered_search, row_tags
+from .inputs import QueryError, check_instrument, load_query
+from .scores import compat_score, percentile, pool_percentile, standardised
 from .snapshot import Snapshot, load_snapshot
 from .store import MetaStore, StemIndexError, check_index_folder
 from .vectors import normalize
 
 if TYPE_CHECKING:  # the protocol imports torch, which a reader with a given model does not need
+    from ..analysis import Analysis
+    from ..analysis.compat import BpmFilter, KeyFilter
     from ..models.protocol import EmbeddingModel
+
+RANKS = ("model", "compat")
+COMPAT_FETCH = 100  # rank="compat" re-ranks at least this many of the model's best (more until the order is exact)
 
 
 @dataclass
 class SearchResult:
-    """One retrieved stem and the chunk that matches best (`offset`, seconds). `score` is the readable score (standard
-    deviations above the library's average for this query), `percentile` its place in the index, `cosine` the raw
-    cosine of the file vector, `chunk_cosine` that of the best chunk: see search/scores.py."""
+    """One retrieved stem and the chunk that matches best (`offset`, seconds). `z`: standard deviations above the
+    library's average stem for this query; `percentile`: its place in the index; `cosine`: the raw cosine of the file
+    vector, `chunk_cosine` that of the best chunk (search/scores.py). `analysis`: the stem's tempo and key (None: not
+    analysed); `compatibility`: 0..1 fit of that tempo and key to the mix's (None when the mix was not analysed)."""
 
     rank: int
-    score: float
+    z: float
     percentile: float
     cosine: float
     path: str
     offset: float
     chunk_cosine: float
     duration: float
+    analysis: Analysis | None = None
+    compatibility: float | None = None
+
+    @property
+    def score(self) -> float:
+        """The former name of `z` (Python callers of earlier versions)."""
+        return self.z
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-safe: the figures, and "analysis" as {"bpm", "key", ...} or None."""
+        return {"rank": self.rank, "z": self.z, "percentile": self.percentile, "cosine": self.cosine, "path": self.path,
+                "offset": self.offset, "chunk_cosine": self.chunk_cosine, "duration": self.duration,
+                "analysis": None if self.analysis is None else self.analysis.to_dict(),
+                "compatibility": self.compatibility}
+
+
+def _stored_analysis(d: dict | None) -> Analysis | None:
+    """The Analysis of a stored row; None when missing or damaged (the row is then shown without tempo and key)."""
+    if d is None:
+        return None
+    from ..analysis import Analysis
+
+    try:
+        return Analysis.from_dict(d)
+    except (DataError, TypeError, ValueError, KeyError):
+        return None
 
 
 class StemIndex:
@@ -153,14 +183,38 @@ class StemIndex:
                 "that built the index, or re-index with this one into a new folder")
 
     # --- queries ---------------------------------------------------------------------------------------------------
-    def query(self, mix, instrument: str, k: int = 10, sample_rate: int | None = None) -> list[SearchResult]:
-        """The k stems of the library that best fit `mix` (path or numpy array) as `instrument` (free text)."""
-        return self.query_many([mix], [instrument], k=k, sample_rate=sample_rate)[0]
+    def query(self, mix, instrument: str, k: int = 10, sample_rate: int | None = None,
+              bpm: BpmFilter | str | None = None, key: KeyFilter | str | None = None,
+              rank: Literal["model", "compat"] = "model", mix_analysis: Analysis | None = None) -> list[SearchResult]:
+        """The k stems of the library that best fit `mix` (path or numpy array) as `instrument` (free text).
+
+        `bpm` / `key`: keep only stems of that tempo / key (a filter or its text: "120+-4", "Am:camelot", see
+        stemjepa.analysis.compat). `rank="compat"`: order by the model's z lowered by a poor tempo/key fit to the
+        mix (search/scores.py, compat_score); the mix is analysed unless `mix_analysis` is given."""
+        return self.query_many([mix], [instrument], k=k, sample_rate=sample_rate, bpm=bpm, key=key, rank=rank,
+                               mix_analyses=None if mix_analysis is None else [mix_analysis])[0]
+
+    def analyse_mix(self, wave, sample_rate: int | None = None) -> Analysis:
+        """Tempo, beats and key of a mix (array at `sample_rate`, default the model's, any channel layout that
+        `stemjepa.audio.io.array_to_mono` reads; or a path): what rank="compat" and the fit to the mix use."""
+        from ..analysis import analyse
+
+        sr = int(sample_rate or self.store.get("sample_rate") or 16000)
+        if isinstance(wave, (str, Path)):
+            wave, _ = load_query(wave, sr)
+        else:
+            from ..audio.io import array_to_mono
+
+            wave = array_to_mono(wave, sr, sr, "mix")
+        return analyse(np.ascontiguousarray(wave, dtype=np.float32), sr)
 
     def query_many(self, mixes: Sequence, instruments, k: int = 10, sample_rate: int | None = None,
-                   batch_size: int = 16) -> list[list[SearchResult]]:
+                   batch_size: int = 16, bpm: BpmFilter | str | None = None, key: KeyFilter | str | None = None,
+                   rank: Literal["model", "compat"] = "model",
+                   mix_analyses: Sequence[Analysis] | None = None) -> list[list[SearchResult]]:
         """Batched `query`: `instruments` is one text for all mixes or one per mix. Arrays are at `sample_rate`
-        (default: the model's); `batch_size` is the number of model chunks per forward pass."""
+        (default: the model's); `batch_size` is the number of model chunks per forward pass. `bpm`, `key`, `rank`:
+        see `query`; `mix_analyses`: one Analysis per mix, computed here when rank="compat" needs them."""
         if isinstance(instruments, str):
             instruments = [instruments] * len(mixes)
         if len(instruments) != len(mixes):
@@ -168,6 +222,8 @@ class StemIndex:
         labels = [check_instrument(t) for t in instruments]
         if k < 1:
             raise StemJepaError(f"k must be at least 1, got {k}")
+        bpm, key = (f := Filters.of(bpm, key)).bpm, f.key  # a bad filter is refused before the model runs
+        _check_rank(rank)
         model = self.model
         sr = model.sample_rate
         waves = []
@@ -178,6 +234,8 @@ class StemIndex:
                 mix = array_to_mono(mix, sample_rate, sr, f"mix {i + 1}")  # to the model's rate before length checks
             wave, _ = load_query(mix, sr)
             waves.append(wave)
+        if rank == "compat" and mix_analyses is None:
+            mix_analyses = [self.analyse_mix(w, sr) for w in waves]
         embs = model.query_many(waves, labels, batch_size=batch_size, precision=self._precision)
         vectors = np.stack([np.asarray(e.vector, np.float32).reshape(-1) for e in embs])
         bad = [i for i, v in enumerate(vectors) if not np.all(np.isfinite(v))]
@@ -188,35 +246,85 @@ class StemIndex:
             names = ", ".join(str(mixes[i]) if isinstance(mixes[i], (str, Path)) else f"mix {i + 1}" for i in bad)
             raise AudioError(names, "the model returned NaN or infinite values for this mix (the other mixes were "
                                     "fine); leave it out and query again")
-        return self.search_vectors(vectors, k)
+        return self.search_vectors(vectors, k, bpm=bpm, key=key, rank=rank, mix_analyses=mix_analyses)
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
-        """Search with query vectors already computed (q, d): the best files, with their best-matching chunk."""
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, bpm: BpmFilter | str | None = None,
+                       key: KeyFilter | str | None = None, rank: Literal["model", "compat"] = "model",
+                       mix_analyses: Sequence[Analysis | None] | None = None) -> list[list[SearchResult]]:
+        """Search with query vectors already computed (q, d): the best files, with their best-matching chunk.
+        `bpm`, `key`, `rank`, `mix_analyses` (one per query vector, or None): see `query`/`query_many`."""
+        filters = Filters.of(bpm, key)
+        _check_rank(rank)
         self.refresh()
         snap = self.snapshot
         q = normalize(np.atleast_2d(vectors))
+        if mix_analyses is not None and len(mix_analyses) != len(q):
+            raise QueryError(f"{len(q)} query vectors but {len(mix_analyses)} mix analyses")
+        if rank == "compat" and (mix_analyses is None or any(a is None for a in mix_analyses)):
+            raise QueryError('rank="compat" needs the analysis of every mix (StemIndex.analyse_mix)')
         n = len(snap.ids)
         if n == 0:
             return [[] for _ in range(len(q))]
         if q.shape[1] != snap.dim:
             raise StemJepaError(f"query vectors have dimension {q.shape[1]}, the index {snap.dim}")
-        scores, pos = snap.searcher.search(q, k)
-        wanted = {int(snap.ids[p]) for p in pos.ravel() if p >= 0}
-        rows = self.store.rows_by_id(wanted, snap.dim)
-        out = []
-        for qi in range(len(q)):
-            results = []
-            mean, std = snap.pool.moments(q[qi])
-            for s, p in zip(scores[qi], pos[qi]):
-                row = rows.get(int(snap.ids[p])) if p >= 0 else None
-                if row is None:
-                    continue
-                chunk_scores = row.chunks.astype(np.float32) @ q[qi]
-                best = int(np.argmax(chunk_scores))
-                rank = len(results) + 1
-                results.append(SearchResult(rank=rank, score=standardised(float(s), mean, std),
-                                            percentile=percentile(rank, n), cosine=float(s), path=row.path,
-                                            offset=float(row.offsets[best]), chunk_cosine=float(chunk_scores[best]),
-                                            duration=float(row.duration)))
-            out.append(results)
-        return out
+        allowed = filters.allowed(self.store, snap) if filters else None
+        if allowed is not None and not row_tags(self.store, snap).analysed.any():
+            raise QueryError(f"{self.folder}: no stem of this index has a tempo or key yet (an index made before "
+                             "stemjepa analysed them): run `stemjepa index` on its folder once to add them, then filter")
+        mixes = list(mix_analyses) if mix_analyses is not None else [None] * len(q)
+        if rank == "model":  # one batched search for all queries
+            scores, pos = filtered_search(snap, q, k, allowed)
+            return [self._results(snap, q[i], scores[i], pos[i], mixes[i], exact_percentile=allowed is None)
+                    for i in range(len(q))]
+        return [self._compat_ranked(snap, q[i], k, allowed, mixes[i]) for i in range(len(q))]
+
+    def _compat_ranked(self, snap: Snapshot, q: np.ndarray, k: int, allowed: np.ndarray | None,
+                       mix: Analysis) -> list[SearchResult]:
+        """The k best by compat_score: the model's best re-ranked, fetching more until no row left out can enter (an
+        unfetched row has a lower z than every fetched one, and compat_score never exceeds z)."""
+        n_allowed = len(snap.ids) if allowed is None else int(allowed.sum())
+        fetch = max(k, COMPAT_FETCH)
+        while True:
+            scores, pos = filtered_search(snap, q[None], fetch, allowed)
+            results = self._results(snap, q, scores[0], pos[0], mix, exact_percentile=False)
+            lowest = min((r.z for r in results), default=0.0)
+            results.sort(key=lambda r: -compat_score(r.z, r.compatibility))  # stable: the model's order on ties
+            if fetch >= n_allowed or len(results) < fetch or (
+                    len(results) >= k and compat_score(results[k - 1].z, results[k - 1].compatibility) >= lowest):
+                break
+            fetch *= 4
+        results = results[:k]
+        for i, r in enumerate(results):
+            r.rank = i + 1
+        return results
+
+    def _results(self, snap: Snapshot, q: np.ndarray, scores: np.ndarray, pos: np.ndarray, mix: Analysis | None,
+                 exact_percentile: bool) -> list[SearchResult]:
+        """SearchResults of one query's (cosine, position) pairs, in the model's order."""
+        from ..analysis.compat import compatibility
+
+        rows = self.store.rows_by_id({int(snap.ids[p]) for p in pos if p >= 0}, snap.dim)
+        pool = snap.pool.cosines(q)
+        mean, std = (float(pool.mean()), float(pool.std())) if len(pool) else (0.0, 0.0)
+        n = len(snap.ids)
+        results = []
+        for s, p in zip(scores, pos):
+            row = rows.get(int(snap.ids[p])) if p >= 0 else None
+            if row is None:
+                continue
+            chunk_scores = row.chunks.astype(np.float32) @ q
+            best = int(np.argmax(chunk_scores))
+            rank = len(results) + 1
+            analysis = _stored_analysis(row.analysis)
+            results.append(SearchResult(
+                rank=rank, z=standardised(float(s), mean, std),
+                percentile=percentile(rank, n) if exact_percentile else pool_percentile(float(s), pool),
+                cosine=float(s), path=row.path, offset=float(row.offsets[best]), chunk_cosine=float(chunk_scores[best]),
+                duration=float(row.duration), analysis=analysis,
+                compatibility=None if mix is None or analysis is None else compatibility(mix, analysis)))
+        return results
+
+
+def _check_rank(rank) -> None:
+    if rank not in RANKS:
+        raise QueryError(f"unknown rank {rank!r} (choose from {', '.join(RANKS)})")

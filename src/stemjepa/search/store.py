@@ -42,12 +42,19 @@ CREATE TABLE IF NOT EXISTS files (
     chunks BLOB NOT NULL,       -- float16 (n_chunks, dim), L2-normalised: only used to locate the best offset
     vector BLOB NOT NULL,       -- float32 (dim,), L2-normalised file vector: what is searched
     gen_added INTEGER NOT NULL,
-    gen_removed INTEGER         -- NULL while the file is in the library
+    gen_removed INTEGER,        -- NULL while the file is in the library
+    analysis TEXT,              -- JSON of stemjepa.analysis.Analysis (tempo, key...); NULL: not analysed, or it failed
+    analysis_version INTEGER,   -- ANALYSIS_VERSION that produced `analysis` (NULL: never analysed: rows of older indexes)
+    bpm REAL,                   -- copies of analysis.bpm and .key, for filters
+    key_name TEXT
 );
 CREATE INDEX IF NOT EXISTS files_path ON files(path);
 CREATE INDEX IF NOT EXISTS files_checksum ON files(checksum);
 CREATE INDEX IF NOT EXISTS files_gen ON files(gen_added, gen_removed);
 """
+# columns added after format 1 was released: nullable, so older readers (SELECT *) and writers (named INSERT) still work
+# on a newer index, and an older index gets them when a writer opens it (the next `index` run analyses its rows)
+ADDED_COLUMNS = {"analysis": "TEXT", "analysis_version": "INTEGER", "bpm": "REAL", "key_name": "TEXT"}
 
 
 class StemIndexError(StemJepaError):
@@ -122,6 +129,8 @@ class FileRow:
     vector: np.ndarray
     gen_added: int
     gen_removed: int | None
+    analysis: dict | None = None  # Analysis.to_dict() as stored (None: not analysed, or the analysis failed)
+    analysis_version: int | None = None
 
     @property
     def vectors(self) -> FileVectors:
@@ -137,7 +146,40 @@ def _row(r: sqlite3.Row, dim: int) -> FileRow:
         offsets=np.frombuffer(r["offsets"], np.float32), weights=np.frombuffer(r["weights"], np.float32),
         chunks=np.frombuffer(r["chunks"], np.float16).reshape(n, dim), vector=np.frombuffer(r["vector"], np.float32),
         gen_added=r["gen_added"], gen_removed=r["gen_removed"],
+        analysis=_analysis_json(r["analysis"]) if "analysis" in r.keys() else None,
+        analysis_version=r["analysis_version"] if "analysis_version" in r.keys() else None,
     )
+
+
+def _analysis_json(text) -> dict | None:
+    """A stored analysis, or None when it is missing or unreadable (a damaged row is shown without tempo and key)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _analysis_values(analysis: dict | None) -> tuple[str | None, float | None, str | None]:
+    """(JSON text, bpm, key) of an analysis dict for its columns."""
+    if analysis is None:
+        return None, None, None
+    bpm, key = analysis.get("bpm"), analysis.get("key")
+    return (json.dumps(analysis), float(bpm) if isinstance(bpm, (int, float)) else None,
+            key if isinstance(key, str) else None)
+
+
+@dataclass(frozen=True)
+class AnalysisColumns:
+    """Tempo and key of the rows visible at one generation, for filters: `ids` ascending, `bpm` (NaN: no beat found),
+    `keys` (None: no key), `analysed` (False: not analysed, or the analysis failed: no filter can keep the row)."""
+
+    ids: np.ndarray
+    bpm: np.ndarray
+    keys: np.ndarray
+    analysed: np.ndarray
 
 
 def _stats(rows) -> dict[str, FileStat]:
@@ -175,6 +217,10 @@ class MetaStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: a killed process loses nothing committed
         conn.executescript(_SCHEMA)
+        have = {r["name"] for r in conn.execute("PRAGMA table_info(files)")}
+        for name, kind in ADDED_COLUMNS.items():
+            if name not in have:  # an index written before the column existed
+                conn.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
         return conn
 
     def _connect_readonly(self) -> sqlite3.Connection:
@@ -278,18 +324,58 @@ class MetaStore:
         r = self.conn.execute("SELECT * FROM files WHERE checksum = ? ORDER BY id DESC LIMIT 1", (checksum,)).fetchone()
         return _row(r, dim) if r else None
 
-    def insert_row(self, file: FileInfo, checksum: str, duration: float, vectors: FileVectors, generation: int) -> int:
-        """Add a file's row, visible from `generation` on; returns its id."""
+    def insert_row(self, file: FileInfo, checksum: str, duration: float, vectors: FileVectors, generation: int,
+                   analysis: dict | None = None, analysis_version: int | None = None) -> int:
+        """Add a file's row, visible from `generation` on; returns its id. `analysis_version` None: not analysed yet."""
         v = vectors
+        text, bpm, key = _analysis_values(analysis)
         cur = self.conn.execute(
             "INSERT INTO files(path, size, mtime_ns, checksum, duration, n_chunks, offsets, weights, chunks, vector, "
-            "gen_added, gen_removed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            "gen_added, gen_removed, analysis, analysis_version, bpm, key_name) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
             (file.path, file.size, file.mtime_ns, checksum, float(duration), int(len(v.offsets)),
              np.ascontiguousarray(v.offsets, np.float32).tobytes(), np.ascontiguousarray(v.weights, np.float32).tobytes(),
              np.ascontiguousarray(v.chunks, np.float16).tobytes(), np.ascontiguousarray(v.vector, np.float32).tobytes(),
-             generation),
+             generation, text, analysis_version, bpm, key),
         )
         return int(cur.lastrowid)
+
+    # --- tempo and key ------------------------------------------------------------------------------------------
+    def _has_analysis(self) -> bool:
+        return "analysis" in {r["name"] for r in self.conn.execute("PRAGMA table_info(files)")}
+
+    def set_analysis(self, row_id: int, analysis: dict | None, version: int) -> None:
+        """Store the analysis of an existing row (same file bytes: the row's generation does not change); call
+        `analyses_changed` in the same transaction."""
+        text, bpm, key = _analysis_values(analysis)
+        self.conn.execute("UPDATE files SET analysis = ?, analysis_version = ?, bpm = ?, key_name = ? WHERE id = ?",
+                          (text, int(version), bpm, key, int(row_id)))
+
+    def analyses_changed(self) -> None:
+        """Bump `analysis_epoch`: readers reload the tempo and key columns they filter on (rows analysed in place do
+        not start a new generation)."""
+        self.set("analysis_epoch", int(self.get("analysis_epoch", 0)) + 1)
+
+    def stale_analysis(self, generation: int, version: int) -> list[tuple[int, str]]:
+        """(id, path) of the rows visible at `generation` that were never analysed, or by another ANALYSIS_VERSION."""
+        q = ("SELECT id, path FROM files WHERE gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?) AND "
+             "(analysis_version IS NULL OR analysis_version != ?) ORDER BY id")
+        return [(int(r[0]), r[1]) for r in self.conn.execute(q, (generation, generation, int(version)))]
+
+    def analysis_columns(self, generation: int) -> AnalysisColumns:
+        """Tempo and key of every row visible at `generation` (all rows unanalysed in an index without the columns)."""
+        vis = "WHERE gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?) ORDER BY id"
+        if self._has_analysis():
+            rows = self.conn.execute(f"SELECT id, bpm, key_name, analysis IS NOT NULL FROM files {vis}",
+                                     (generation, generation)).fetchall()
+        else:
+            rows = [(r[0], None, None, 0) for r in self.conn.execute(f"SELECT id FROM files {vis}", (generation, generation))]
+        n = len(rows)
+        return AnalysisColumns(
+            ids=np.fromiter((r[0] for r in rows), np.int64, n),
+            bpm=np.fromiter((np.nan if r[1] is None else r[1] for r in rows), np.float64, n),
+            keys=np.array([r[2] for r in rows], dtype=object),
+            analysed=np.fromiter((bool(r[3]) for r in rows), bool, n))
 
     def mark_removed(self, ids, generation: int) -> None:
         """Rows that leave the library at `generation` (readers of earlier generations still see them)."""

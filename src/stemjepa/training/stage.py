@@ -94,7 +94,8 @@ def train_stage(run: Path, config: str, overrides: list[str], data: Path, init: 
     last = run / "checkpoints" / "last.ckpt"
     stage = _read(run / "stage.json")
     if stage and stage.get("spec") == spec and last.is_file():
-        log(f"{run.name}: reusing the finished run ({stage.get('seconds', 0):.0f} s of training)")
+        log(f"{run.name}: trained ({stage.get('steps_reached') or 'unknown'} steps, {stage.get('seconds', 0):.0f} s) with "
+            "the same settings: skipped")
         return Stage(last, stage, True)
     started = run.parent / f"{run.name}.started.json"
     mark = _read(started) or {}
