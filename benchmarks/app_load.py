@@ -163,7 +163,7 @@ def main() -> int:
     t0 = time.monotonic()
     write_library(tmp / "lib", args.songs)
     mixes = write_mixes(tmp / "lib", tmp / "mixes", 4)
-    build_index(tmp / "lib", tmp / "idx", load_model("default", device="cpu"), checkpoint="default", progress=False)
+    build_index(tmp / "lib", tmp / "idx", load_model("default", device="cpu"), model_ref="default", progress=False)
     bombs = write_bombs(tmp, args.bombs)
     print(f"setup: {args.songs * 4} stems indexed, {len(mixes)} mixes, {len(bombs)} bombs of "
           f"{len(bombs[0]) / 1e6:.2f} MB in {time.monotonic() - t0:.0f} s", file=sys.stderr)

@@ -49,7 +49,7 @@ def build(songs_dir: Path, out: Path, model, analysis: bool) -> dict:
         build_module.analyse_wave = lambda wave, sr: (None, None)
     try:
         started = time.perf_counter()
-        summary = build_module.build_index(songs_dir, out, model, checkpoint="default", progress=False)
+        summary = build_module.build_index(songs_dir, out, model, model_ref="default", progress=False)
         seconds = time.perf_counter() - started
     finally:
         build_module.analyse_wave = real
@@ -100,7 +100,7 @@ def main() -> None:
     model = load_model(args.model, device=args.device)
     from stemjepa.analysis import ANALYSIS_VERSION
 
-    result: dict = {"model": args.model, "model_name": getattr(model, "model_name", None), "model_id": model.model_id,
+    result: dict = {"model": args.model, "model_name": model.source.name, "model_id": model.model_id,
                     "analysis_version": ANALYSIS_VERSION, "songs_dir": str(songs_dir)}
     idx = args.out / f"idx-{songs_dir.name}"
     result["index_with_analysis"] = build(songs_dir, idx, model, analysis=True)

@@ -353,7 +353,7 @@ def main() -> int:
             default = load_default(args.model) if not args.quick or args.model else None
             if default is not None:
                 m_ref = m_q = default
-                label = f"tiny/default ({Path(getattr(default, 'checkpoint_path', args.model or 'default')).name})"
+                label = f"tiny/default ({Path(default.source.file or args.model or 'default').name})"
             else:
                 m_ref, m_q = build("tiny", 1, args), build("tiny", 2, args)
                 label = "tiny (random weights)"

@@ -10,6 +10,16 @@ and recall@10 against exact search on the same queries (exact_fp32, the plain fl
 that the bf16-screened exact search is exact).
 Run: `python benchmarks/search_speed.py` (1,000,000 x 768: about 4 minutes on 2 cores, ~6 GB of RAM and /tmp);
 `--n 100000` for a quick look; `--types exact,ivfpq,hnsw` to add HNSW (slow to build on few cores).
+
+`--update`: the cost of an index update (search/snapshot.py: a shard of the added rows + tombstones), the way
+`stemjepa index` writes it, without audio or a model. An index of N clustered vectors is written through the store
+(index.sqlite rows with one chunk each) and published as generation 1 (index type `auto`: exact below 100k, ivfpq
+above); then --change rows are added (generation 2) and --change rows removed (generation 3). For each: wall time
+(SQLite rows + snapshot + commit + checkpoint) and bytes written: `wchar` (every write() of the process: SQLite's WAL
+and its checkpoint, the snapshot files), `write_bytes` (what reached the storage layer, /proc/self/io) and the size of
+the snapshot files created. Then a reader opens the index (time) and checks that removed rows never come back and
+added ones are found; `--full-rewrite` also times a compaction (what every update cost before the shards). The cost
+should not grow with N: compare `--n 100000` with `--n 1000000` (~10 GB of disk in --tmp at 1M, ~7 GB of RAM).
 """
 from __future__ import annotations
 
@@ -84,6 +94,118 @@ def time_searches(searcher: VectorSearcher, queries: np.ndarray, n_single: int, 
     return statistics.median(singles), statistics.median(batches), np.concatenate(found)
 
 
+def io_counters() -> dict[str, int]:
+    """wchar / write_bytes of this process (Linux /proc/self/io; zeros elsewhere)."""
+    out = {"wchar": 0, "write_bytes": 0}
+    try:
+        with open("/proc/self/io") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in out:
+                    out[key] = int(value)
+    except OSError:
+        pass
+    return out
+
+
+def snapshot_files(folder: Path) -> dict[str, tuple[int, int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
+            for p in folder.iterdir() if p.name.startswith("snapshot-")}
+
+
+def measured(store, fn) -> dict:
+    """Run `fn` (an update) and the checkpoint an `index` run ends with: seconds and bytes written."""
+    folder = store.folder
+    before, io0, t = snapshot_files(folder), io_counters(), time.perf_counter()
+    fn()
+    store.checkpoint()
+    seconds, io1, after = time.perf_counter() - t, io_counters(), snapshot_files(folder)
+    created = sum(v[0] for name, v in after.items() if before.get(name) != v)
+    return {"seconds": round(seconds, 2), "wchar_mb": round((io1["wchar"] - io0["wchar"]) / 2**20, 1),
+            "write_bytes_mb": round((io1["write_bytes"] - io0["write_bytes"]) / 2**20, 1),
+            "snapshot_files_written_mb": round(created / 2**20, 1)}
+
+
+def update_benchmark(args, folder: Path) -> dict:
+    from stemjepa.search import StemIndex
+    from stemjepa.search.snapshot import check_previous, publish_generation
+    from stemjepa.search.store import FileVectors, MetaStore
+    from stemjepa.search.vectors import resolve_index_type
+    from stemjepa.search.walk import FileInfo
+
+    folder.mkdir(parents=True)
+    store = MetaStore(folder, create=True)
+    with store.transaction():
+        for key, value in (("format_version", 2), ("model_id", "benchmark"), ("generation", 0),
+                           ("embed_dim", args.dim), ("index_policy", "auto"), ("sample_rate", 16000)):
+            store.set(key, value)
+    rng = np.random.default_rng(args.seed)
+    centres = normalize(rng.standard_normal((args.clusters, args.dim), dtype=np.float32))
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    made = [0]
+
+    def insert(vectors: np.ndarray, generation: int) -> list[int]:
+        ids = []
+        for start in range(0, len(vectors), 10_000):
+            with store.transaction():
+                for v in vectors[start:start + 10_000]:
+                    ids.append(store.insert_row(FileInfo(f"/library/{made[0]}.wav", 1, 1), "-", 1.0,
+                                                FileVectors(v, v[None], zero, one), generation))
+                    made[0] += 1
+        return ids
+
+    def publish(generation: int, force_full: bool = False) -> None:
+        n = store.count_visible(generation)
+        kind = resolve_index_type("auto", n)
+        params = store.get("index_params") if kind == store.get("index_type") else default_params(kind, n, args.dim)
+        if kind == "ivfpq":
+            params.setdefault("trained_n", n)
+        publish_generation(store, generation, kind, params, check_previous(store), force_full=force_full)
+
+    report = {"n": args.n, "dim": args.dim, "change": args.change, "cpus": os.cpu_count()}
+    t = time.perf_counter()
+    ids = []
+    for start in range(0, args.n, 100_000):
+        ids += insert(mixture(rng, centres, min(100_000, args.n - start), args.sigma), 1)
+    report["library_rows_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    publish(1)
+    report["first_snapshot_s"] = round(time.perf_counter() - t, 1)
+    report["index_type"] = store.get("index_type")
+    print(f"library of {args.n}: rows {report['library_rows_s']} s, snapshot {report['first_snapshot_s']} s "
+          f"({report['index_type']})", flush=True)
+
+    added_vectors = mixture(rng, centres, args.change, args.sigma)
+    added: list[int] = []
+    report["add"] = measured(store, lambda: (added.extend(insert(added_vectors, 2)), publish(2)))
+    print("add   ", json.dumps(report["add"]), flush=True)
+    removed = sorted(int(i) for i in rng.choice(np.array(ids), args.change, replace=False))
+    removed_vectors = np.stack([np.frombuffer(r.vector, np.float32) for r in store.rows_by_id(removed, args.dim).values()])
+
+    def remove():
+        with store.transaction():
+            store.mark_removed(removed, 3)
+        publish(3)
+
+    report["remove"] = measured(store, remove)
+    print("remove", json.dumps(report["remove"]), flush=True)
+
+    t = time.perf_counter()
+    with StemIndex.open(folder) as index:
+        report["reader_open_s"] = round(time.perf_counter() - t, 2)
+        report["shards"] = len(json.loads((folder / "snapshot-3.manifest.json").read_text())["shards"])
+        id_of = {f"/library/{i}.wav": row for i, row in enumerate(ids + added)}
+        back = {id_of[r.path] for rs in index.search_vectors(removed_vectors[:100], k=10) for r in rs}
+        found = [rs[0].path for rs in index.search_vectors(added_vectors[:100], k=1)]
+        report["removed_rows_returned"] = len(back & set(removed))
+        report["added_found_at_rank_1"] = float(np.mean([id_of[p] == i for p, i in zip(found, added[:100])]))
+    if args.full_rewrite:
+        report["full_rewrite"] = measured(store, lambda: publish(4, force_full=True))
+        print("full  ", json.dumps(report["full_rewrite"]), flush=True)
+    store.close()
+    return report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -99,7 +221,18 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=int, default=None, help="override the saved default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--update", action="store_true", help="time and bytes of an index update (see above)")
+    ap.add_argument("--change", type=int, default=1000, help="--update: rows added, then rows removed")
+    ap.add_argument("--full-rewrite", action="store_true", help="--update: also time a compaction")
+    ap.add_argument("--tmp", type=Path, default=None, help="folder for the temporary index (default: the system's)")
     args = ap.parse_args(argv)
+    if args.update:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            report = update_benchmark(args, Path(tmp) / "index")
+        print(json.dumps(report, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        return 0
     k = 10
     faiss = import_faiss()  # with the same OpenMP settings as the index
 

@@ -205,12 +205,14 @@ def test_openapi_page_and_labels(served):
 
 def test_embedding_in_pieces_matches_one_pass_and_reports_progress(tiny_checkpoint, monkeypatch):
     from stemjepa.app import service
+    from stemjepa.audio.mix import Mix
     from stemjepa.models import load_model
 
     model = load_model(tiny_checkpoint, device="cpu")
     wave = (0.2 * np.sin(np.arange(160000) / 7.0) * np.sin(np.arange(160000) / 3000.0)).astype(np.float32)
     monkeypatch.setattr(service, "CHUNKS_PER_STEP", 1)
     steps = []
-    vector = service.embed_query(model, wave, "bass", lambda done, total: steps.append((done, total)))
-    assert steps == [(1, 3), (2, 3), (3, 3)]  # 10 s in 4 s chunks
+    mix = Mix(wave, 16000, "mix.wav")
+    vector = service.embed_mix(model, mix, "bass", lambda done, total, seconds: steps.append((done, total, seconds)))
+    assert steps == [(0, 1, 4.0), (0, 1, 8.0), (1, 1, 10.0)]  # 10 s in 4 s chunks: seconds embedded after each piece
     assert np.allclose(vector, model.query(wave, "bass").vector, rtol=1e-4, atol=1e-5)

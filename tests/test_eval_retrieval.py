@@ -15,6 +15,7 @@ from stemjepa.errors import StemJepaError
 from stemjepa.evaluation import RetrievalProtocol, compare_table, evaluate_retrieval
 from stemjepa.evaluation.retrieval import conditioning_label, is_silent, load_songs, other_stems_mix
 from stemjepa.models.inference import TrackEmbedding
+from stemjepa.models.source import IN_MEMORY
 
 FINE, COARSE = RetrievalProtocol(label_level="fine"), RetrievalProtocol(label_level="coarse")
 
@@ -69,8 +70,7 @@ class FakeModel:
     sample_rate = SR
     chunk_samples = 8 * SR
     embed_dim = 48
-    checkpoint_path = None
-    training_songs = None
+    source = IN_MEMORY
     precision = "auto"
     distance = "l2"
 

@@ -11,7 +11,8 @@ import soundfile as sf
 from scipy.signal import find_peaks
 
 from stemjepa.audio.fit import CROSSFADE, fit_to_mix, semitone_shift, tempo_ratio
-from stemjepa.search.export import align, export_candidates
+from stemjepa.audio.mix import align
+from stemjepa.search.export import export_candidates
 
 pytestmark = pytest.mark.analysis  # its indexes analyse tempo and key (tests/conftest.py)
 
@@ -230,8 +231,9 @@ def test_export_with_fit_writes_fitted_candidates_and_premixes_at_the_mix_length
         (tmp_path / song).mkdir()
     sf.write(tmp_path / "a" / "bass.wav", stem, 16000)  # resampled to the mix's rate
     sf.write(tmp_path / "b" / "drums.wav", np.stack([stem, stem], axis=1), SR)
-    results = [_Result(1, str(tmp_path / "a" / "bass.wav"), 0.0, stem_analysis), _Result(2, str(tmp_path / "b" / "drums.wav"))]
-    export_candidates(mix, "bass", results, tmp_path / "out", fit=True, mix_analysis=MIX_120, analyses={2: stem_analysis})
+    results = [_Result(1, str(tmp_path / "a" / "bass.wav"), 0.0, stem_analysis),
+               _Result(2, str(tmp_path / "b" / "drums.wav"), 0.0, stem_analysis)]
+    export_candidates(mix, "bass", results, tmp_path / "out", fit=True, mix_analysis=MIX_120)
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["01_a-bass.fit-premix.wav", "01_a-bass.fit.wav", "02_b-drums.fit-premix.wav", "02_b-drums.fit.wav",
                      "results.json"]

@@ -55,3 +55,34 @@ def test_old_index_takes_an_update(tmp_path, old_root_files):
     with StemIndex.open(out, model=FakeModel()) as index:
         mix = songs[2]["keys"] + songs[2]["drums"]
         assert index.query(mix, "bass", k=1)[0].path == str(root / "song2" / "bass.wav")
+
+
+def test_old_index_is_migrated_by_its_next_update_keeping_its_snapshot(tmp_path, old_root_files, monkeypatch):
+    """With shards (no rewrite of a small index), the format-1 snapshot becomes the first shard as it is."""
+    import json
+
+    from stemjepa.search import snapshot as snapshot_module
+    from stemjepa.search.store import FORMAT_VERSION, MetaStore
+
+    monkeypatch.setattr(snapshot_module, "COMPACT_BELOW_ROWS", 0)
+    out = old_index(tmp_path)
+    old = {p.name: p.read_bytes() for p in out.glob("snapshot-1.*")}
+    root = tmp_path / "stems"
+    songs = write_songs(root)
+    (old_root_files / "song3" / "keys.wav").unlink()  # one file of the old index removed: a tombstone in shard 1
+    summary = build_index(root, out, FakeModel(), progress=False)
+    assert (summary.added, summary.removed, summary.total, summary.generation) == (15, 1, 29, 2)
+    assert {p.name: p.read_bytes() for p in out.glob("snapshot-1.*") if p.name in old} == old  # not rewritten
+    manifest = json.loads((out / "snapshot-2.manifest.json").read_text())
+    assert [sh["gen"] for sh in manifest["shards"]] == [1, 2] and manifest["deleted"]["rows"] == 1
+    store = MetaStore(out)
+    try:
+        assert store.get("format_version") == FORMAT_VERSION and store.get("snapshot_files") is None
+    finally:
+        store.close()
+    with StemIndex.open(out, model=FakeModel()) as index:
+        assert len(index) == 29
+        mix = songs[2]["keys"] + songs[2]["drums"]
+        assert index.query(mix, "bass", k=1)[0].path == str(root / "song2" / "bass.wav")
+        paths = {r.path for r in index.query(mix, "bass", k=40)}
+        assert f"{OLD_ROOT}/song3/keys.wav" not in paths and f"{OLD_ROOT}/song2/bass.wav" in paths

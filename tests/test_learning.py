@@ -202,13 +202,16 @@ def test_phase1_temperature_starts_at_its_config_value_and_is_floored_by_it():
 
 
 def test_text_dim_is_recorded_in_the_training_config_not_by_the_model(monkeypatch):
-    from stemjepa.config import load_config
-    from stemjepa.models import conditioning
+    from stemjepa.config import load_config, resolve_config
+    from stemjepa.models import conditioning, text_encoders
     from stemjepa.training import module as module_mod
 
-    monkeypatch.setattr(module_mod, "text_dim", lambda backend, clap_model: 12)
+    monkeypatch.setattr(text_encoders, "text_dim", lambda backend, clap_model: 12)
     monkeypatch.setattr(conditioning, "text_dim", lambda backend, clap_model: pytest.fail("the model asked the encoder"))
     cfg = load_config("tiny", ["model.encoder.depth=1", "model.predictor.num_layers=2"])
     assert cfg.model.conditioning.text_dim is None
+    resolved = resolve_config(cfg)
+    assert resolved.model.conditioning.text_dim == 12 and cfg.model.conditioning.text_dim is None  # pure: cfg unchanged
+    assert resolve_config(resolved) == resolved  # resolving twice changes nothing
     module = module_mod.StemJEPAModule(cfg)
-    assert cfg.model.conditioning.text_dim == 12 == module.model.conditioner.dim  # the checkpoint saves cfg
+    assert module.cfg.model.conditioning.text_dim == 12 == module.model.conditioner.dim  # the checkpoint saves module.cfg

@@ -11,7 +11,7 @@ from test_search_fakes import FakeModel as SearchFake
 from test_table1_protocol import CollapsedModel
 
 from stemjepa.config import load_config
-from stemjepa.models.protocol import EmbeddingModel
+from stemjepa.models.protocol import IN_MEMORY, EmbeddingModel
 from stemjepa.models.stemjepa import StemJEPA
 
 
@@ -48,7 +48,7 @@ def test_stemjepa_implements_the_protocol():
     for model in (phase2, phase1):
         assert isinstance(model, EmbeddingModel)
         assert same_signature(model, "embed_many") and same_signature(model, "query_many")
-        assert model.checkpoint_path is None and model.training_songs is None  # not loaded from a file
+        assert model.source == IN_MEMORY and model.checkpoint_path is None and model.training_songs is None  # not loaded
         assert isinstance(model.model_id, str) and model.precision == "auto"
     assert (phase2.conditioning_kind, phase2.known_labels) == ("classes", ["bass", "drums", "music"])
     assert (phase1.conditioning_kind, phase1.known_labels) == ("none", [])

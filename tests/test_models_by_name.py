@@ -312,7 +312,7 @@ def test_index_and_query_work_with_no_model_argument(tmp_path, capsys):
     assert main(["index", str(root), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
     assert "12 added" in capsys.readouterr().out
     with StemIndex.open(tmp_path / "idx") as index:
-        assert index.store.get("checkpoint") == canonical_name(DEFAULT)  # the versioned name, not a path
+        assert index.store.get("model") == canonical_name(DEFAULT)  # the versioned name, not a path
     mix = write_mix(tmp_path / "mix.wav", songs[1], without="bass")
     assert main(["query", str(mix), "--instrument", "bass", "--index", str(tmp_path / "idx"), "-k", "3", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)

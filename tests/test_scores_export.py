@@ -9,9 +9,9 @@ import soundfile as sf
 from test_search_fakes import SR, FakeModel, noise, tone, write, write_songs
 
 from stemjepa.audio.io import resample
+from stemjepa.audio.mix import align, balance_gains, premix
 from stemjepa.cli.main import main
 from stemjepa.search import StemIndex, build_index
-from stemjepa.search.export import align, balance_gains, premix
 from stemjepa.search.scores import PoolStats, percentile, standardised
 
 

@@ -78,3 +78,29 @@ def test_another_checkpoint_is_refused(tiny_checkpoint, toy_corpus, tmp_path):
                  "--device", "cpu"]) == 2
     with StemIndex.open(idx, device="cpu") as index:  # untouched by the refused run
         assert len(index) == 1 and index.generation == 1
+
+
+def test_an_index_written_before_the_rename_still_opens_with_its_checkpoint_key(tiny_checkpoint, toy_corpus, tmp_path):
+    import sqlite3
+
+    from stemjepa.search import build_index
+    from stemjepa.search.store import DB_NAME
+
+    idx, lib = tmp_path / "idx", tmp_path / "lib"
+    lib.mkdir()
+    (lib / "bass.wav").write_bytes((toy_corpus / "toy_000" / "bass.wav").read_bytes())
+    from stemjepa.models import load_model
+
+    model = load_model(tiny_checkpoint, device="cpu")
+    build_index(lib, idx, model, model_ref=tiny_checkpoint, progress=False)
+    with sqlite3.connect(idx / DB_NAME) as con:  # the info of an index written before: "checkpoint", no "model"
+        con.execute("UPDATE info SET key = 'checkpoint' WHERE key = 'model'")
+    with StemIndex.open(idx, device="cpu") as index:
+        assert index.store.get("model") is None and index.store.get("checkpoint") == str(tiny_checkpoint.resolve())
+        assert index.model.model_id == model.model_id  # loaded from the old key
+        assert index.query(toy_corpus / "toy_000" / "keys.wav", "bass", k=1)[0].path == str((lib / "bass.wav").resolve())
+    (lib / "keys.wav").write_bytes((toy_corpus / "toy_000" / "keys.wav").read_bytes())
+    summary = build_index(lib, idx, model, checkpoint=tiny_checkpoint, progress=False)  # the former keyword too
+    assert summary.added == 1 and summary.failed == []
+    with StemIndex.open(idx, device="cpu") as index:  # an update records the new key
+        assert index.store.get("model") == str(tiny_checkpoint.resolve()) and len(index) == 2

@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from stemjepa.models.inference import TrackEmbedding
+from stemjepa.models.source import IN_MEMORY
 
 SR = 16000
 CHUNK = 2 * SR
@@ -38,8 +39,7 @@ class FakeModel:
     embed_dim = 32
     has_predictor = True
     conditioning_kind = "text"
-    checkpoint_path = None
-    training_songs = None
+    source = IN_MEMORY
     precision = "auto"
     distance = "cosine"
 

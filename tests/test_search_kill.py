@@ -1,7 +1,9 @@
 """An `index` run killed (SIGKILL, a real process) mid-way: the previous index keeps answering, also while the run is
-still going, and the next run resumes without redoing the committed work."""
+still going, and the next run resumes without redoing the committed work. Also for updates written as a new shard and
+tombstones (snapshot.py): killed after the shard's files, after the manifest, after the commit."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -16,6 +18,7 @@ import pytest
 from test_search_fakes import FakeModel, tone, write, write_songs
 
 from stemjepa.search import StemIndex, StemIndexError, build_index
+from stemjepa.search import snapshot as snapshot_module
 from stemjepa.search.store import DB_NAME
 
 TESTS = Path(__file__).parent
@@ -27,12 +30,27 @@ WRITER = textwrap.dedent("""
     sys.path[:0] = [{tests!r}, {src!r}]
     from test_search_fakes import FakeModel
     from stemjepa.search import build_index
+    import stemjepa.search.snapshot as snap
 
     root, out, mode = sys.argv[1:4]
+    if mode.endswith("+incremental"):  # the update is written as a new shard + tombstones, not a rewrite
+        snap.COMPACT_BELOW_ROWS = 0
+    def stop_here():
+        print("killpoint", flush=True)
+        time.sleep(120)
     def on_phase(phase):
         print(phase, flush=True)
-        if mode == "snapshot" and phase == "snapshot":
-            time.sleep(120)  # killed here: snapshot files written, generation not committed
+        if mode.startswith("snapshot") and phase == "snapshot":
+            stop_here()  # killed here: snapshot files and manifest written, generation not committed
+    if mode.startswith("shard"):  # killed after the new shard's vectors, before its other files and the manifest
+        save = snap.save_vectors
+        def save_then_stop(path, array):
+            save(path, array)
+            if str(path).endswith("snapshot-2.vectors.npy"):
+                stop_here()
+        snap.save_vectors = save_then_stop
+    if mode.startswith("cleanup"):  # killed after the commit, before the unused files are removed
+        snap.remove_old_snapshots = lambda folder, generation: stop_here()
     build_index(root, out, FakeModel(delay=0.2 if mode == "embed" else 0.0), batch_size=1, progress=False,
                 on_phase=on_phase)
 """).format(tests=str(TESTS), src=str(SRC))
@@ -65,6 +83,14 @@ def pending_rows(out: Path, generation: int) -> int:
             con.close()
     except sqlite3.OperationalError:  # tables not created yet
         return 0
+
+
+def wait_for_line(proc: subprocess.Popen, word: str) -> None:
+    """Read the writer's output until it prints `word` (it then sleeps until killed)."""
+    for line in proc.stdout:
+        if line.strip() == word:
+            return
+    raise AssertionError(f"writer exited early ({proc.wait()}): {proc.stderr.read()}")
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -143,3 +169,35 @@ def test_kill_during_the_first_build(tmp_path):
     model = FakeModel()
     s = build_index(root, out, model, progress=False)
     assert s.total == 15 and s.generation == 1 and model.embedded == 15 - s.resumed and s.resumed >= 2
+
+
+def check_new_generation(out: Path, root: Path) -> None:
+    with StemIndex.open(out, model=FakeModel()) as index:
+        assert index.generation == 2 and len(index) == 26
+        assert index.query(tone(4 * NEW_TONES[5], 2.0), "bass", k=1)[0].path == str(root / "new/n05.wav")
+        paths = {r.path for r in index.query(tone(4 * 300.0, 2.0), "bass", k=30)}
+        assert len(paths) == 26 and str(root / "song4/drums.wav") not in paths
+
+
+@pytest.mark.parametrize("step", ["shard", "snapshot", "cleanup"])
+def test_incremental_update_killed_at_each_step(tmp_path, indexed, monkeypatch, step):
+    root, out = indexed
+    monkeypatch.setattr(snapshot_module, "COMPACT_BELOW_ROWS", 0)
+    proc = start_writer(tmp_path, root, out, f"{step}+incremental")
+    try:
+        wait_for_line(proc, "killpoint")
+        (check_new_generation if step == "cleanup" else check_previous_generation)(out, root)  # while it writes
+    finally:
+        kill(proc)
+    (check_new_generation if step == "cleanup" else check_previous_generation)(out, root)
+
+    model = FakeModel()
+    s = build_index(root, out, model, progress=False)
+    assert (s.generation, s.total, model.embedded, s.failed) == (2, 26, 0, [])
+    check_new_generation(out, root)
+    manifest = json.loads((out / "snapshot-2.manifest.json").read_text())
+    assert [sh["gen"] for sh in manifest["shards"]] == [1, 2] and manifest["deleted"]["rows"] == 1  # shard 1 kept
+    used = {"snapshot-1.manifest.json", "snapshot-2.manifest.json", "snapshot-2.deleted.npy"}
+    used |= {f"snapshot-{sh['gen']}.{name}.{'faiss' if name == 'ann' else 'npy'}"
+             for sh in manifest["shards"] for name in sh["files"]}
+    assert {p.name for p in out.iterdir() if "snapshot-" in p.name} == used  # no temp file, nothing unused

@@ -13,6 +13,7 @@ from stemjepa.data.multitrack import read_folder
 from stemjepa.errors import StemJepaError
 from stemjepa.evaluation import RetrievalProtocol, evaluate_retrieval, metrics
 from stemjepa.evaluation.retrieval import Corpus, PoolItem, default_split, load_songs, score_corpus
+from stemjepa.models.source import ModelSource
 
 FINE, COARSE = RetrievalProtocol(label_level="fine"), RetrievalProtocol(label_level="coarse")
 
@@ -149,7 +150,7 @@ def test_overlap_with_training_songs_warns_and_strict_refuses(tmp_path, caplog, 
     assert record["folder"]["n"] == 3 and len(record["folder"]["digest"]) == 64
     train_songs, _ = read_folder(train_root)
     model = FakeModel()
-    model.training_songs = record
+    model.source = ModelSource("checkpoint", training_songs=record)
     with caplog.at_level(logging.WARNING):
         m = evaluate_retrieval(model, train_songs, FINE, tmp_path / "leak", progress=False)
     assert m["training_overlap"] == {"checked": True, "n_songs": 3, "of": 3, "examples": ["song0", "song1", "song2"]}

@@ -1,16 +1,20 @@
 """Typed configuration, named after the paper's terms, loaded from YAML files under `configs/`.
 
 A YAML config may name a `base:` config whose values it overrides; `key.sub=value` overrides on the command line apply last.
-The whole config is saved inside every checkpoint, so a checkpoint alone rebuilds its model.
+Every value is checked against its field's type and, for a number, the `Rule` declared beside the field. Training
+completes the config once (`resolve_config`); that trained config is saved in the run's config.json and inside every
+checkpoint, so a checkpoint alone rebuilds its model.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -29,20 +33,42 @@ LossReduction = Literal["mean", "sum"]
 Precision = Literal["auto", "32", "32-true", "bf16-mixed", "16-mixed"]
 
 
+@dataclass(frozen=True)
+class Rule:
+    """The range of a numeric field, declared beside it (`lr: Annotated[float, POSITIVE]`) and checked with its type when a
+    config is built (a negative learning rate fails there, not after the data is decoded). A renamed field keeps its rule;
+    every numeric field declares one (ANY when every value is allowed: tests/test_config_rules.py)."""
+
+    test: Callable[[Any], bool]
+    text: str  # what a value must be, in the error
+
+    def check(self, path: str, value) -> None:
+        if value is not None and not self.test(value):
+            raise ConfigError(f"{path}: {value!r} must be {self.text}")
+
+
+POSITIVE = Rule(lambda v: v > 0, "greater than 0")
+NONNEGATIVE = Rule(lambda v: v >= 0, "0 or more")
+FRACTION = Rule(lambda v: 0 <= v <= 1, "between 0 and 1")
+BETAS = Rule(lambda v: all(0 <= b < 1 for b in v), "two values in [0, 1)")
+MOMENTUM = Rule(lambda v: 0 < v <= 1, "greater than 0 and at most 1")
+ANY = Rule(lambda v: True, "any value")
+
+
 @dataclass
 class FrontendConfig:
     """Log-mel front-end: 80 mel bands of 25 ms windows every 10 ms, log-compressed and standardised."""
 
-    sample_rate: int = SAMPLE_RATE
-    n_fft: int = 400
-    win_length: int = 400
-    hop_length: int = 160
-    n_mels: int = 80
-    f_min: float = 50.0
-    f_max: float = 8000.0
-    log_eps: float = 1.1920929e-07
-    norm_mean: float = -9.453
-    norm_std: float = 3.569
+    sample_rate: Annotated[int, POSITIVE] = SAMPLE_RATE
+    n_fft: Annotated[int, POSITIVE] = 400
+    win_length: Annotated[int, POSITIVE] = 400
+    hop_length: Annotated[int, POSITIVE] = 160
+    n_mels: Annotated[int, POSITIVE] = 80
+    f_min: Annotated[float, NONNEGATIVE] = 50.0
+    f_max: Annotated[float, POSITIVE] = 8000.0
+    log_eps: Annotated[float, POSITIVE] = 1.1920929e-07
+    norm_mean: Annotated[float, ANY] = -9.453
+    norm_std: Annotated[float, POSITIVE] = 3.569
 
 
 @dataclass
@@ -50,12 +76,12 @@ class EncoderConfig:
     """ViT encoder f_theta. `size` picks a preset (models.encoder.ENCODER_SIZES); explicit dims override it."""
 
     size: str = "base"  # a preset name; any name when all three dims are given
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    patch_size: int = 16
-    mlp_ratio: float = 4.0
-    chunk_seconds: float = 8.0
+    embed_dim: Annotated[int | None, POSITIVE] = None
+    depth: Annotated[int | None, POSITIVE] = None
+    num_heads: Annotated[int | None, POSITIVE] = None
+    patch_size: Annotated[int, POSITIVE] = 16
+    mlp_ratio: Annotated[float, POSITIVE] = 4.0
+    chunk_seconds: Annotated[float, POSITIVE] = 8.0
 
 
 @dataclass
@@ -65,18 +91,19 @@ class ConditioningConfig:
     kind: ConditioningKind = "text"
     text_backend: TextBackend = "minilm"
     clap_model: str = "laion/larger_clap_music"  # local directory or a model id in the local Hugging Face cache
-    text_dim: int | None = None  # recorded from the text encoder at training time, so loading a checkpoint needs no encoder
+    # recorded from the text encoder at training time (`resolve_config`), so loading a checkpoint needs no encoder
+    text_dim: Annotated[int | None, POSITIVE] = None
     classes: list[str] = field(default_factory=lambda: ["bass", "drums", "vocals", "other"])
     class_fallback: str = "other"
-    class_dim: int = 768
+    class_dim: Annotated[int, POSITIVE] = 768
 
 
 @dataclass
 class PredictorConfig:
     """Token-wise MLP g_phi: L layers, m hidden units, the condition fused by `concat` (Stem-JEPA) or `film` (Eq. 5)."""
 
-    num_layers: int = 6
-    hidden_dim: int = 1024
+    num_layers: Annotated[int, POSITIVE] = 6
+    hidden_dim: Annotated[int, POSITIVE] = 1024
     fusion: Fusion = "film"  # named `conditioning` before; old files and YAML are migrated (RENAMED)
     final_norm: bool = True
 
@@ -92,20 +119,20 @@ class ModelConfig:
     # InfoNCE on batch-centred embeddings. Without it the pooled ViT output is dominated by one vector shared by every
     # input (pairwise cosine 0.99) and phase 1 sits on the ln(B) plateau; see README "Training that learns".
     center_embeddings: bool = False
-    center_momentum: float = 0.02  # weight of each training batch in the running means
+    center_momentum: Annotated[float, MOMENTUM] = 0.02  # weight of each training batch in the running means
 
 
 @dataclass
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay. `lr` is the base learning rate for a global batch of `lr_batch_ref`."""
 
-    lr: float = 1e-3
-    lr_batch_ref: int = 256  # lr scales linearly with global batch / lr_batch_ref
-    min_lr_ratio: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05
-    warmup_steps: int = 20000
-    grad_clip: float = 3.0
+    lr: Annotated[float, POSITIVE] = 1e-3
+    lr_batch_ref: Annotated[int, POSITIVE] = 256  # lr scales linearly with global batch / lr_batch_ref
+    min_lr_ratio: Annotated[float, FRACTION] = 0.0
+    betas: Annotated[tuple[float, float], BETAS] = (0.9, 0.95)
+    weight_decay: Annotated[float, NONNEGATIVE] = 0.05
+    warmup_steps: Annotated[int, NONNEGATIVE] = 20000
+    grad_clip: Annotated[float, NONNEGATIVE] = 3.0
     fused: bool | None = None  # None: fused AdamW on CUDA
 
 
@@ -113,8 +140,8 @@ class OptimConfig:
 class ContrastiveConfig:
     """Phase 1: InfoNCE (Eq. 1) with a trainable temperature."""
 
-    temperature_init: float = 0.1
-    temperature_min: float = 0.01
+    temperature_init: Annotated[float, POSITIVE] = 0.1
+    temperature_min: Annotated[float, POSITIVE] = 0.01
     symmetric: bool = False
     # Not in the paper (off in the paper configs): also contrast each mix against one of the stems it contains (a hard
     # negative: the benchmark's pool holds every stem of the query's mix, and in-batch negatives come from other songs only).
@@ -125,34 +152,34 @@ class ContrastiveConfig:
 class JEPAConfig:
     """Phase 2: Eq. 3 loss and the EMA schedule of Eq. 4."""
 
-    ema_tau_start: float = 0.99995
-    ema_tau_end: float = 0.99999
+    ema_tau_start: Annotated[float, FRACTION] = 0.99995
+    ema_tau_end: Annotated[float, FRACTION] = 0.99999
     loss_reduction: LossReduction = "mean"  # "mean" over tokens (Stem-JEPA code) or "sum" (Eq. 3 as written)
     standardize_targets: bool = True
     # Not in the paper (0 in the paper configs): weight of an InfoNCE term between the pooled prediction and the pooled
     # target (in-batch negatives, plus a stem of the mix with contrastive.context_negatives), added to Eq. 3. Eq. 3 alone
     # lets the pooled prediction carry the instrument and little of the song; see README "Training that learns".
-    contrastive_weight: float = 0.0
-    contrastive_temperature: float = 0.1
+    contrastive_weight: Annotated[float, NONNEGATIVE] = 0.0
+    contrastive_temperature: Annotated[float, POSITIVE] = 0.1
 
 
 @dataclass
 class DataConfig:
     """Context/target sampling from the training cache (paper Sec. II-E)."""
 
-    batch_size: int = 256  # global batch, split across devices
-    num_workers: int = 8
-    prefetch_factor: int = 4
-    activity_db: float = -50.0  # a frame is active above this RMS level (dBFS)
-    min_active_fraction: float = 0.25  # a stem is active in a chunk if this fraction of its frames is
-    max_context_stems: int = 8
+    batch_size: Annotated[int, POSITIVE] = 256  # global batch, split across devices
+    num_workers: Annotated[int, NONNEGATIVE] = 8
+    prefetch_factor: Annotated[int, POSITIVE] = 4
+    activity_db: Annotated[float, ANY] = -50.0  # a frame is active above this RMS level (dBFS)
+    min_active_fraction: Annotated[float, FRACTION] = 0.25  # a stem is active in a chunk if this share of its frames is
+    max_context_stems: Annotated[int, POSITIVE] = 8
     label_level: LabelLevel = "random"  # "random" (phase 2, paper) | "fine" | "coarse"
     unlabelled: str = "music"
     split: str | None = "train"
-    gain_db: float = 0.0  # random per-stem gain in [-gain_db, +gain_db] when mixing the context
+    gain_db: Annotated[float, NONNEGATIVE] = 0.0  # random per-stem gain in [-gain_db, +gain_db] when mixing the context
     # share of samples whose target chunk is taken at another time of the same song (where the target stem plays) instead
     # of the context's time: the index averages whole tracks, so time alignment is no cue at query time (not in the paper)
-    unaligned_target: float = 0.0
+    unaligned_target: Annotated[float, FRACTION] = 0.0
 
 
 @dataclass
@@ -166,13 +193,14 @@ class TrainConfig:
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     jepa: JEPAConfig = field(default_factory=JEPAConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    max_steps: int = 300000
-    seed: int = 0
-    precision: Precision = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "32", "bf16-mixed"
+    max_steps: Annotated[int, POSITIVE] = 300000
+    seed: Annotated[int, ANY] = 0
+    # "auto": bf16 autocast where native (CUDA, AVX512-BF16 / AMX CPUs), else fp32; or "32", "bf16-mixed"
+    precision: Precision = "auto"
     compile: bool | None = None  # None: torch.compile on CUDA only
-    log_every: int = 50
-    checkpoint_every: int = 5000
-    val_every: int = 0
+    log_every: Annotated[int, NONNEGATIVE] = 50
+    checkpoint_every: Annotated[int, NONNEGATIVE] = 5000
+    val_every: Annotated[int, NONNEGATIVE] = 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------------
@@ -244,49 +272,24 @@ def _nested_type(cls, key):
     return hint if dataclasses.is_dataclass(hint) else None
 
 
-def _positive(v) -> bool:
-    return v > 0
+def field_rule(cls, key: str) -> Rule | None:
+    """The Rule declared beside field `key` of `cls` (None: a field without one, e.g. a string or a choice)."""
+    hint = typing.get_type_hints(cls, include_extras=True)[key]
+    extras = getattr(hint, "__metadata__", ()) if typing.get_origin(hint) is Annotated else ()
+    return next((r for r in extras if isinstance(r, Rule)), None)
 
 
-def _nonnegative(v) -> bool:
-    return v >= 0
-
-
-def _fraction(v) -> bool:
-    return 0 <= v <= 1
-
-
-_RULES = {_positive: "greater than 0", _nonnegative: "0 or more", _fraction: "between 0 and 1"}
-
-# numeric fields with a range, checked with the types (a negative learning rate fails here, not after decoding the data)
-RANGES = {
-    "max_steps": _positive, "log_every": _nonnegative, "checkpoint_every": _nonnegative, "val_every": _nonnegative,
-    "optim.lr": _positive, "optim.lr_batch_ref": _positive, "optim.min_lr_ratio": _fraction,
-    "optim.betas": lambda v: all(0 <= b < 1 for b in v), "optim.weight_decay": _nonnegative,
-    "optim.warmup_steps": _nonnegative, "optim.grad_clip": _nonnegative,
-    "contrastive.temperature_init": _positive, "contrastive.temperature_min": _positive,
-    "jepa.ema_tau_start": _fraction, "jepa.ema_tau_end": _fraction, "jepa.contrastive_weight": _nonnegative,
-    "jepa.contrastive_temperature": _positive,
-    "data.batch_size": _positive, "data.num_workers": _nonnegative, "data.prefetch_factor": _positive,
-    "data.min_active_fraction": _fraction, "data.max_context_stems": _positive, "data.gain_db": _nonnegative,
-    "data.unaligned_target": _fraction,
-    "model.frontend.sample_rate": _positive, "model.frontend.n_fft": _positive, "model.frontend.win_length": _positive,
-    "model.frontend.hop_length": _positive, "model.frontend.n_mels": _positive, "model.frontend.f_min": _nonnegative,
-    "model.frontend.f_max": _positive, "model.frontend.log_eps": _positive, "model.frontend.norm_std": _positive,
-    "model.encoder.embed_dim": _positive, "model.encoder.depth": _positive, "model.encoder.num_heads": _positive,
-    "model.encoder.patch_size": _positive, "model.encoder.mlp_ratio": _positive, "model.encoder.chunk_seconds": _positive,
-    "model.conditioning.text_dim": _positive, "model.conditioning.class_dim": _positive,
-    "model.predictor.num_layers": _positive, "model.predictor.hidden_dim": _positive,
-    "model.center_momentum": lambda v: 0 < v <= 1,
-}
-_RANGE_TEXT = {"optim.betas": "two values in [0, 1)"}
-
-
-def _check_range(where: str, value) -> None:
-    field_path = where.split(".", 1)[1] if "." in where else where
-    rule = RANGES.get(field_path)
-    if rule is not None and value is not None and not rule(value):
-        raise ConfigError(f"{field_path}: {value!r} must be {_RANGE_TEXT.get(field_path) or _RULES[rule]}")
+def field_rules(cls=None, prefix: str = "") -> dict[str, Rule]:
+    """{dotted field path: its Rule} over a config class and its sections (TrainConfig by default)."""
+    cls = cls or TrainConfig
+    out: dict[str, Rule] = {}
+    for f in dataclasses.fields(cls):
+        sub = _section(cls, f.name)
+        if sub is not None:
+            out.update(field_rules(sub, f"{prefix}{f.name}."))
+        elif (rule := field_rule(cls, f.name)) is not None:
+            out[f"{prefix}{f.name}"] = rule
+    return out
 
 
 def _coerce(cls, key: str, value, where: str):
@@ -328,9 +331,38 @@ def _coerce(cls, key: str, value, where: str):
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
     if choices and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
-    _check_range(where, value)
+    rule = field_rule(cls, key)
+    if rule is not None:
+        rule.check(where.split(".", 1)[1] if "." in where else where, value)
     return value
 
+
+
+def resolve_config(cfg: TrainConfig, cache=None) -> TrainConfig:
+    """The trained config: `cfg` completed with what the training data (`cache`, a `TrainingCache`) and the text encoder
+    decide, as a new config (`cfg` is left as it is). It is what the run's config.json and every checkpoint save, so a
+    checkpoint alone rebuilds its model; resolving a resolved config changes nothing. Phase 2 only:
+
+    - `model.conditioning.classes: auto`: the coarse labels of the cache's stems, then `data.unlabelled`, which is also the
+      fallback class (ConfigError without a cache);
+    - text conditioning: `text_dim`, the width of the text encoder's embeddings (loading the checkpoint then needs no
+      text encoder; the CLAP backend is loaded to read it).
+    """
+    out = copy.deepcopy(cfg)
+    cond = out.model.conditioning
+    if out.phase != 2:
+        return out
+    if cond.kind == "classes" and cond.classes in ("auto", ["auto"]):
+        if cache is None:
+            raise ConfigError("model.conditioning.classes: 'auto' is resolved from the training data, and none was given")
+        coarse = sorted({s["labels"][0].lower() for song in cache.songs for s in song["stems"] if s["labels"]})
+        cond.classes = coarse + [out.data.unlabelled]
+        cond.class_fallback = out.data.unlabelled
+    if cond.kind == "text" and cond.text_dim is None:
+        from .models.text_encoders import text_dim
+
+        cond.text_dim = text_dim(cond.text_backend, cond.clap_model)
+    return out
 
 
 def from_dict(data: dict) -> TrainConfig:

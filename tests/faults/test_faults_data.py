@@ -37,7 +37,7 @@ def test_fifo_is_refused_not_read(tmp_path):
     _, error = bounded(lambda: load_audio(fifo), seconds=20)
     assert isinstance(error, AudioError) and "FIFO" in str(error) and str(fifo) in str(error)
 
-    from stemjepa.search.inputs import load_query  # what `query` reads a mix with
+    from stemjepa.audio.mix import load_query  # what `query` reads a mix with
 
     _, error = bounded(lambda: load_query(fifo, SR), seconds=20)
     assert isinstance(error, AudioError) and "FIFO" in str(error)

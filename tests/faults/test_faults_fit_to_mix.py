@@ -74,8 +74,8 @@ def test_fitted_export_skips_a_candidate_that_is_not_audio_and_fits_the_others(t
 
 def test_fitted_export_skips_a_candidate_whose_tempo_is_absurd_naming_it(tmp_path):
     mix, results = candidates(tmp_path)
-    export_candidates(mix, "drums", results, tmp_path / "out", fit=True, mix_analysis=MIX_120,
-                      analyses={1: analysis(float("nan"))})
+    results[0].analysis = analysis(float("nan"))  # the index's analysis of candidate 1
+    export_candidates(mix, "drums", results, tmp_path / "out", fit=True, mix_analysis=MIX_120)
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     error = doc["results"][0]["error"]
     assert doc["results"][0]["file"] is None and error.startswith(results[0].path) and "not a tempo" in error

@@ -88,7 +88,7 @@ def _wav(wave, sr: int, download: str | None = None) -> Response:
 
 def create_app(config: ServeConfig | None = None, engine: Engine | None = None) -> FastAPI:
     """The app for `config` (or an Engine already built). Opening the indexes and the model happens here, so a bad
-    index or checkpoint is refused before the server listens."""
+    index or model is refused before the server listens."""
     engine = engine or Engine(config)
 
     @asynccontextmanager
@@ -99,6 +99,18 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
     app = FastAPI(title="stemjepa", version=__version__, lifespan=lifespan,
                   description="Search a stem library with a mix and an instrument, and audition the candidates.")
     app.state.engine = engine
+    _add_guard(app, engine)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_page_routes(app, engine)
+    _add_upload_route(app, engine)
+    _add_query_routes(app, engine)
+    _add_audio_routes(app, engine)
+    return app
+
+
+def _add_guard(app: FastAPI, engine: Engine) -> None:
+    """Every request passes `guard.Guard` (Host allow-list, Origin, body limits); user errors become JSON with their
+    status code (STATUS)."""
     config = engine.config
     hosts = HostList(config.allowed_hosts if config.allowed_hosts is not None else LOOPBACK_NAMES)
 
@@ -118,7 +130,9 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
         code = next(c for cls, c in STATUS if isinstance(exc, cls))
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+def _add_page_routes(app: FastAPI, engine: Engine) -> None:
+    """The page, and what it shows before a query: indexes, labels, mixes."""
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -138,6 +152,8 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
             raise NotFound("this server has no mixes folder (start it with --mixes DIR)")
         return {"mixes": engine.mixes.list()}
 
+
+def _add_upload_route(app: FastAPI, engine: Engine) -> None:
     @app.post(UPLOAD_PATH, status_code=201, dependencies=[accepts(*UPLOAD_TYPES)],
               summary="Upload a mix (the request body is the audio file, sent as application/octet-stream or audio/*)",
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -157,6 +173,10 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
         engine.uploads.add(uid, name, path, size)
         return {"id": uid, "name": name, "bytes": size, "sample_rate": sr, "channels": int(wave.shape[0]),
                 "frames": int(wave.shape[1]), "seconds": wave.shape[1] / sr}
+
+
+def _add_query_routes(app: FastAPI, engine: Engine) -> None:
+    """Queries: start one, poll its job, read its result."""
 
     @app.post("/api/queries", status_code=202, dependencies=[accepts("application/json")],
               summary="Start a query (a JSON body); poll the returned job for progress")
@@ -182,6 +202,10 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
     @app.get("/api/queries/{qid}", summary="The result of a finished query")
     def query(qid: str):
         return engine.describe(engine.query_record(qid))
+
+
+def _add_audio_routes(app: FastAPI, engine: Engine) -> None:
+    """The audio and pictures of a finished query, and the library's files."""
 
     @app.get("/api/queries/{qid}/mix.wav", summary="The mix as WAV (for playback)")
     def mix_wav(qid: str):
@@ -216,5 +240,3 @@ def create_app(config: ServeConfig | None = None, engine: Engine | None = None) 
     @app.get("/api/library/file", summary="A file of the indexed library, by its path relative to the library")
     def library_file(path: str, index: str | None = None):
         return FileResponse(engine.handle(index).library.resolve(path))
-
-    return app

@@ -16,18 +16,19 @@ from urllib.parse import urlencode
 import numpy as np
 
 from ..audio.io import load_playback, probe, resample
+from ..audio.mix import Mix, align, load_query, premix
 from ..errors import AudioError, StemJepaError
 from ..models.registry import load_model
-from ..search.export import SUBTYPE, align, fit_candidate, premix, safe_name
-from ..search.inputs import check_instrument, load_query
-from ..search.reader import SearchResult, StemIndex
+from ..search.export import SUBTYPE, fit_candidate, safe_name
+from ..search.inputs import check_instrument
+from ..search.reader import SearchResult, StemIndex, recorded_model
 from .files import Library, MixFolder, NotFound, TooLarge, UploadStore
 from .filters import QueryFilters, analysis_dict
 from .jobs import Job, Jobs
 from .labels import stem_labels
 from .settings import ServeConfig
 
-CHUNKS_PER_STEP = 16  # model chunks embedded between two progress reports
+CHUNKS_PER_STEP = 16  # model chunks embedded between two progress reports (a longer mix is embedded piece by piece)
 DECODES_AT_ONCE = 2  # mixes decoded at the same time (each up to max_decoded_mb): concurrent uploads wait their turn
 FITS_AT_ONCE = 2  # candidates fitted to their mix at the same time (a fit is seconds of CPU and a mix-sized buffer)
 
@@ -66,22 +67,17 @@ def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def embed_query(model, wave: np.ndarray, label: str, report) -> np.ndarray:
-    """The query vector of a mix, embedded CHUNKS_PER_STEP chunks at a time so that progress can be shown.
+def embed_mix(model, mix: Mix, label: str, on_progress) -> np.ndarray:
+    """The query vector of a checked mix at the model's rate, through the one pipeline (models.pipeline.embed_files),
+    CHUNKS_PER_STEP chunks at a time so that `on_progress(done, total, seconds)` can show progress inside it."""
+    from ..models.pipeline import Decoded, EmbedOptions, embed_files
 
-    A track vector is the patch-weighted mean over its chunks, each chunk embedded on its own, so the pieces combined
-    with their valid-patch counts give the same vector as one call on the whole mix.
-    """
-    step = model.chunk_samples * CHUNKS_PER_STEP
-    pieces = [wave[i:i + step] for i in range(0, len(wave), step)]
-    total, acc = 0.0, None
-    for i, piece in enumerate(pieces):
-        emb = model.query_many([piece], [label])[0]
-        w = float(np.sum(emb.weights))
-        v = np.asarray(emb.vector, np.float64) * w
-        acc, total = (v if acc is None else acc + v), total + w
-        report(i + 1, len(pieces))
-    return (acc / total).astype(np.float32)
+    options = EmbedOptions(piece_chunks=CHUNKS_PER_STEP)
+    [got] = embed_files(model, [mix.name], options, label=label, load=lambda _: Decoded(mix.wave),
+                        on_progress=on_progress)
+    if got.problem is not None:
+        raise AudioError(mix.name, got.problem)
+    return np.asarray(got.embedding.vector, np.float32)
 
 
 class Engine:
@@ -97,12 +93,12 @@ class Engine:
             for folder in config.indexes:
                 folder = Path(folder).expanduser()
                 index = StemIndex.open(folder, model=shared, device=config.device)
-                if shared is None:  # share one loaded model between indexes built with the same checkpoint
-                    ckpt = str(index.store.get("checkpoint"))
-                    if ckpt in models:
+                if shared is None:  # share one loaded model between indexes built with the same model
+                    ref = str(recorded_model(index.store))
+                    if ref in models:
                         index.close()
-                        index = StemIndex.open(folder, model=models[ckpt], device=config.device)
-                    models[ckpt] = index.model  # loads now: a missing checkpoint is refused at start
+                        index = StemIndex.open(folder, model=models[ref], device=config.device)
+                    models[ref] = index.model  # loads now: a missing model is refused at start
                 name = self._unique_name(folder.resolve().name or "index")
                 paths = index.store.live_stats(index.generation).keys()
                 self.indexes[name] = IndexHandle(name, folder, index, Library(paths, config.library), threading.Lock())
@@ -251,16 +247,16 @@ class Engine:
         native, sr = hit if hit is not None else self.check_mix(mix_path, mix_name)
         model = h.index.model
         model_sr = model.sample_rate
-        wave, _ = load_query(resample(native.mean(0), sr, model_sr), model_sr, name=mix_name)
+        # checked by check_mix (length, silence): only down-mixed and resampled here, not checked again
+        wave = np.ascontiguousarray(resample(native.mean(0), sr, model_sr), np.float32)
         seconds = len(wave) / model_sr
         started = time.monotonic()
 
-        def report(done: int, total: int) -> None:
-            at = min(done * CHUNKS_PER_STEP * model.chunk_samples / model_sr, seconds)
-            job.report(f"embedding {mix_name} ({at:.0f} of {seconds:.0f} s, {time.monotonic() - started:.0f} s so far)",
-                       0.05 + 0.9 * done / total)
+        def report(done: int, total: int, at: float) -> None:
+            job.report(f"embedding {mix_name} ({min(at, seconds):.0f} of {seconds:.0f} s, "
+                       f"{time.monotonic() - started:.0f} s so far)", 0.05 + 0.9 * min(at / max(seconds, 1e-9), 1.0))
 
-        vector = embed_query(model, wave, instrument, report)
+        vector = embed_mix(model, Mix(wave, model_sr, mix_name), instrument, report)
         job.report(f"finding the tempo and key of {mix_name}", 0.95)
         mix_analysis = analyse_mix(h.index, wave, model_sr)
         job.report("searching the library", 0.97)

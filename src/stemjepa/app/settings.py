@@ -31,7 +31,7 @@ class Limits:
 @dataclass
 class ServeConfig:
     indexes: list[Path]
-    model: str | None = None  # checkpoint path; default: the one recorded in each index
+    model: str | None = None  # NAME_OR_PATH of the model; default: the one recorded in each index
     mixes: Path | None = None  # a folder of mixes the page may pick from
     library: Path | None = None  # root the library's audio is served from; default: the indexed files' common folder
     uploads: Path | None = None  # where uploads are kept; default: a temporary folder removed at exit

@@ -120,6 +120,17 @@ def _loop_seconds(analysis, start: float, available: float, needed: float) -> fl
     return available
 
 
+def _as_channels(stem) -> tuple[np.ndarray, bool]:
+    """(float32 (channels, n), whether `stem` was mono (n,)); DataError for another shape or too many channels."""
+    wave = np.asarray(stem, dtype=np.float32)
+    mono = wave.ndim == 1
+    wave = wave[None] if mono else wave
+    if wave.ndim != 2 or not 1 <= wave.shape[0] <= MAX_CHANNELS:
+        raise DataError(f"candidate of shape {np.shape(stem)}: expected (samples,) or (channels, samples), at most "
+                        f"{MAX_CHANNELS} channels")
+    return wave, mono
+
+
 def fit_to_mix(stem: np.ndarray, sample_rate: int, stem_analysis: Analysis, mix_analysis: Analysis, frames: int, *,
                offset: float = 0.0, engine_name: str | None = None) -> np.ndarray:
     """`stem` (mono (n,) or (channels, n) at `sample_rate`) fitted to the mix: time-stretched to its tempo (half/double
@@ -128,12 +139,7 @@ def fit_to_mix(stem: np.ndarray, sample_rate: int, stem_analysis: Analysis, mix_
     before each wrap, exactly `frames` long at `sample_rate` (float32, same layout as `stem`; scaled down only if it
     would clip). Deterministic. Only the part that is heard is stretched: the work is bounded by `frames`, not by the
     stem. DataError for an absurd tempo, a size over the playback budget or samples that are not finite."""
-    wave = np.asarray(stem, dtype=np.float32)
-    mono = wave.ndim == 1
-    wave = wave[None] if mono else wave
-    if wave.ndim != 2 or not 1 <= wave.shape[0] <= MAX_CHANNELS:
-        raise DataError(f"candidate of shape {np.shape(stem)}: expected (samples,) or (channels, samples), at most "
-                        f"{MAX_CHANNELS} channels")
+    wave, mono = _as_channels(stem)
     channels, n = wave.shape
     frames, sample_rate = int(frames), int(sample_rate)
     if frames < 0 or frames * channels > PLAYBACK_MAX_SAMPLES or sample_rate <= 0:

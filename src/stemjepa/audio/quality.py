@@ -1,5 +1,5 @@
 """One rule for degenerate audio wherever a file becomes an embedding (`embed`, `index`; `query` adds stricter limits
-for a mix, see `stemjepa.search.inputs`): silence and audio shorter than one time patch are refused with a message
+for a mix, see `stemjepa.audio.mix`): silence and audio shorter than one time patch are refused with a message
 naming the file, because their embedding is meaningless yet looks like any other; a truncated file is read with a
 warning (`stemjepa.audio.io`); NaN or infinite samples are refused when decoding.
 """

@@ -37,81 +37,93 @@ def files_list_path(out):
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..audio.io import load_audio
-    from ..audio.quality import check_embeddable, check_finite_embedding
     from ..errors import StemJepaError
-    from ..fsutil import atomic_write, atomic_write_text
     from ..models import load_model
-    from ..search.build import analyse_wave
 
-    out = listing = None
-    if args.out:
-        out = Path(args.out) if args.out.endswith(".npy") else Path(args.out + ".npy")  # np.save appends .npy
-        listing = files_list_path(out)
-        for p in (out, listing):
-            if p.exists():
-                raise StemJepaError(f"{p}: exists already; choose another --out")
-        if not out.parent.is_dir():
-            raise StemJepaError(f"{out.parent}: folder not found (for --out {out})")
+    out, listing = _out_paths(args.out)
     model = load_model(args.model, device=args.device)
-    from ..models.inference import prefetch
-
     model.precision = args.precision
-    vectors, failed, decoded, analyses = [], [], [], []
-
-    def load(path):
-        wave = load_audio(path, model.sample_rate)
-        check_embeddable(wave, model.sample_rate, path)
-        analysis, problem = analyse_wave(wave, model.sample_rate)  # in the loader threads, beside the model
-        if problem:
-            print(f"warning: {path}: {problem}")
-        return wave, analysis
-
-    def waves():  # decoded in two threads while the model runs; a file that fails is reported and skipped
-        for path, fut in prefetch(args.files, load, workers=2, ahead=8):
-            try:
-                wave, analysis = fut.result()
-            except StemJepaError as exc:
-                print(f"warning: skipped {exc}")
-                failed.append((path, str(exc)))
-                continue
-            decoded.append(path)
-            analyses.append(analysis)
-            yield wave
-
-    # chunks of consecutive files share batches: many short files do not run one small batch each
-    for k, emb in enumerate(model.iter_tracks(waves(), batch_size=args.batch_size)):
-        path = decoded[k]
-        try:
-            check_finite_embedding(emb.vector, path)
-        except StemJepaError as exc:
-            print(f"warning: skipped {exc}")
-            failed.append((path, str(exc)))
-            continue
-        vectors.append((path, emb.vector, analyses[k]))
+    vectors, failed = _embed(model, args.files, args.batch_size)
     if not vectors:
         raise StemJepaError("no file could be embedded")
     if out is not None:
-        atomic_write(out, lambda fh: np.save(fh, np.stack([v for _, v, _ in vectors])))  # never a half-written file
-        doc = {"array": out.name, "model_id": str(model.model_id), "files": [str(p) for p, _, _ in vectors],
-               "analysis": [a for _, _, a in vectors],
-               "skipped": [{"file": str(p), "reason": r} for p, r in failed]}
-        try:
-            atomic_write_text(listing, json.dumps(doc, indent=1) + "\n")
-        except StemJepaError:
-            out.unlink(missing_ok=True)  # an array without its file list is not left behind
-            raise
-        print(f"saved {len(vectors)} embeddings of dimension {vectors[0][1].shape[0]} to {out}, their files with tempo "
-              f"and key in {listing}" + (f"; {len(failed)} file(s) failed and are in neither" if failed else ""))
+        _save(out, listing, str(model.model_id), vectors, failed)
     else:
-        np.set_printoptions(precision=4, suppress=True, linewidth=120, threshold=12)
-        for path, v, a in vectors:
-            bpm = "-" if a is None or a.get("bpm") is None else f"{a['bpm']:.1f}"
-            key = "-" if a is None or a.get("key") is None else a["key"]
-            print(f"{path}\t{bpm} BPM\t{key}\t{v}")
+        _print(vectors)
     return 1 if failed else 0
+
+
+def _out_paths(out_arg: str | None):
+    """(the .npy path, its file list beside it), checked before the model loads; (None, None) without --out."""
+    from pathlib import Path
+
+    from ..errors import StemJepaError
+
+    if not out_arg:
+        return None, None
+    out = Path(out_arg) if out_arg.endswith(".npy") else Path(out_arg + ".npy")  # np.save appends .npy
+    listing = files_list_path(out)
+    for p in (out, listing):
+        if p.exists():
+            raise StemJepaError(f"{p}: exists already; choose another --out")
+    if not out.parent.is_dir():
+        raise StemJepaError(f"{out.parent}: folder not found (for --out {out})")
+    return out, listing
+
+
+def _embed(model, files: list[str], batch_size: int) -> tuple[list, list]:
+    """([(path, vector, analysis)], [(path, problem)]) of the files, through the one pipeline (models.pipeline): decoded
+    and analysed for tempo and key in two threads while the model runs; a file that fails is reported and skipped."""
+    from ..errors import printable
+    from ..models.pipeline import Decoded, EmbedOptions, decode_for_model, embed_files
+    from ..search.build import analyse_wave
+
+    sr = model.sample_rate
+
+    def load(path) -> Decoded:
+        wave = decode_for_model(path, sr)
+        return Decoded(wave, analyse_wave(wave, sr))  # in the loader threads, beside the model
+
+    vectors, failed = [], []
+    for got in embed_files(model, files, EmbedOptions(batch_size=batch_size), load=load):
+        if got.problem is not None:
+            print(f"warning: skipped {printable(str(got.item))}: {got.problem}")
+            failed.append((got.item, f"{printable(str(got.item))}: {got.problem}"))
+            continue
+        analysis, problem = got.decoded.extra
+        if problem:
+            print(f"warning: {got.item}: {problem}")
+        vectors.append((got.item, got.embedding.vector, analysis))
+    return vectors, failed
+
+
+def _save(out, listing, model_id: str, vectors: list, failed: list) -> None:
+    """The array and its file list, each written whole (never a half-written file, never one without the other)."""
+    import json
+
+    import numpy as np
+
+    from ..errors import StemJepaError
+    from ..fsutil import atomic_write, atomic_write_text
+
+    atomic_write(out, lambda fh: np.save(fh, np.stack([v for _, v, _ in vectors])))
+    doc = {"array": out.name, "model_id": model_id, "files": [str(p) for p, _, _ in vectors],
+           "analysis": [a for _, _, a in vectors],
+           "skipped": [{"file": str(p), "reason": r} for p, r in failed]}
+    try:
+        atomic_write_text(listing, json.dumps(doc, indent=1) + "\n")
+    except StemJepaError:
+        out.unlink(missing_ok=True)  # an array without its file list is not left behind
+        raise
+    print(f"saved {len(vectors)} embeddings of dimension {vectors[0][1].shape[0]} to {out}, their files with tempo "
+          f"and key in {listing}" + (f"; {len(failed)} file(s) failed and are in neither" if failed else ""))
+
+
+def _print(vectors: list) -> None:
+    import numpy as np
+
+    np.set_printoptions(precision=4, suppress=True, linewidth=120, threshold=12)
+    for path, v, a in vectors:
+        bpm = "-" if a is None or a.get("bpm") is None else f"{a['bpm']:.1f}"
+        key = "-" if a is None or a.get("key") is None else a["key"]
+        print(f"{path}\t{bpm} BPM\t{key}\t{v}")

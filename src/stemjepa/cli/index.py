@@ -1,4 +1,5 @@
-"""`stemjepa index DIR --out INDEX_DIR [--model NAME_OR_PATH]`: build or update a searchable index of a stem library."""
+"""`stemjepa index DIR --out INDEX_DIR [--model NAME_OR_PATH]`: build or update a searchable index of a stem library
+(`--shard I/N` + `--merge`, or `--engine lightning`: over many processes or machines, search/parts.py)."""
 from __future__ import annotations
 
 
@@ -30,20 +31,63 @@ def add_parser(subparsers) -> None:
                    help="allow an update that removes every file of the index (otherwise refused: an unmounted drive "
                         "must not wipe the index)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    many = p.add_argument_group("many processes or machines (see README: many machines)")
+    how = many.add_mutually_exclusive_group()
+    how.add_argument("--shard", type=_shard, metavar="I/N",
+                     help="embed only shard I of N (0 <= I < N; files split by a hash of their path) into its part "
+                          "(INDEX/parts/I-of-N, or --parts); no engine needed (a SLURM array task); a killed shard "
+                          "resumes; the index is not changed until --merge")
+    how.add_argument("--merge", action="store_true",
+                     help="fold the N finished parts of --shard runs into the index as one new generation (nothing "
+                          "they embedded is embedded again), then delete them")
+    how.add_argument("--engine", choices=["lightning"], default=None,
+                     help="shard over --workers processes per node (x --num-nodes; launched here, or joined under "
+                          "torchrun/SLURM) through Lightning Fabric, then merge on rank 0")
+    many.add_argument("--parts", metavar="DIR", default=None, help="folder of the shards' parts (default INDEX/parts)")
+    many.add_argument("--workers", type=positive_int, default=1,
+                      help="--engine: processes per node, one device each (default 1)")
+    many.add_argument("--num-nodes", type=positive_int, default=1, help="--engine: number of nodes (default 1)")
     from .embed import add_precision_option
 
     add_precision_option(p)
     p.set_defaults(func=run)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    import argparse
+
+    from ..search.parts import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args) -> int:
     from ..models.registry import load_model
-    from ..search.build import build_index
+    from ..search.build import IndexOptions, build_index
+    from ..search.parts import Cluster, embed_part, index_with_lightning, parts_folder
 
+    if args.engine is None and (args.workers > 1 or args.num_nodes > 1):
+        from ..errors import StemJepaError
+
+        raise StemJepaError("--workers and --num-nodes are for --engine lightning (with --shard, start one run per shard)")
+    options = IndexOptions(batch_size=args.batch_size, index_type=args.index_type, progress=not args.quiet,
+                           allow_empty=args.allow_empty, precision=args.precision,
+                           merge_from=str(parts_folder(args.out, args.parts)) if args.merge else None)
+    if args.engine == "lightning":
+        summary = index_with_lightning(args.dir, args.out, lambda device: load_model(args.model, device=device),
+                                       args.model, options, parts=args.parts,
+                                       cluster=Cluster(args.workers, args.num_nodes, args.device or "auto"))
+        print(summary.text())
+        return 1 if summary.failed else 0
     model = load_model(args.model, device=args.device)
-    summary = build_index(args.dir, args.out, model, checkpoint=args.model, batch_size=args.batch_size,
-                          index_type=args.index_type, progress=not args.quiet, allow_empty=args.allow_empty,
-                          precision=args.precision)
+    if args.shard is not None:
+        summary = embed_part(args.dir, args.out, model, args.shard, options, parts=args.parts)
+        print(summary.text())
+        return 1 if summary.failed else 0
+    summary = build_index(args.dir, args.out, model, model_ref=args.model, options=options)
     print(summary.text())
     if model.distance != "cosine":
         print(f"  note: this model was trained for {model.distance} ranking (the paper's ||q - z||); the index ranks by cosine "

@@ -93,11 +93,10 @@ def key_text(analysis) -> str:
 
 
 def run(args) -> int:
-    import json
     import sys
 
     from ..errors import StemJepaError
-    from ..search.inputs import check_instrument, load_query
+    from ..search.inputs import check_instrument
     from ..search.reader import StemIndex
 
     instrument = check_instrument(args.instrument)
@@ -105,60 +104,88 @@ def run(args) -> int:
         raise StemJepaError(f"-k must be at least 1, got {args.k}")
     if args.fit and not args.export:
         raise StemJepaError("--fit changes what --export writes: give --export DIR too")
-    with StemIndex.open(args.index, checkpoint=args.model, device=args.device, precision=args.precision) as index:
-        sr = index.model.sample_rate
-        waves, names, failed = [], [], []
-        for mix in args.mixes:  # a bad mix is reported, the others are still answered
-            try:
-                waves.append(load_query(mix, sr)[0])
-                names.append(mix)
-            except StemJepaError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                failed.append(mix)
-        if not waves:
-            raise StemJepaError("no mix could be used" if len(args.mixes) > 1 else "the mix could not be used")
-        analyses = [index.analyse_mix(w, sr) for w in waves]
-        results = index.query_many(waves, instrument, k=args.k, bpm=args.bpm, key=args.key, rank=args.rank,
+    with StemIndex.open(args.index, model=args.model, device=args.device, precision=args.precision) as index:
+        mixes, failed = _load_mixes(args.mixes, index.model.sample_rate)
+        analyses = [index.analyse_mix(m) for m in mixes]
+        results = index.query_many(mixes, instrument, k=args.k, bpm=args.bpm, key=args.key, rank=args.rank,
                                    mix_analyses=analyses)
         total = len(index)
+    names = [m.name for m in mixes]
     if args.export:
-        from pathlib import Path
-
-        from ..search.export import export_candidates, remove_created, safe_name
-
-        created: list = []  # everything this command exported: removed again if a later write fails (a full disk)
-        done = []
-        for i, (name, res) in enumerate(zip(names, results)):
-            fit = {"fit": True, "mix_analysis": analyses[i]} if args.fit else {}
-            folder = Path(args.export)
-            if len(args.mixes) > 1:
-                folder = folder / f"{i + 1:02d}_{safe_name(Path(name).stem)}"
-            try:
-                export_candidates(name, instrument, res, folder, overwrite=args.overwrite, created=created, **fit)
-            except StemJepaError:
-                remove_created(created)
-                raise
-            done.append(f"exported {len(res)} {'fitted' if args.fit else 'aligned'} candidates and results.json to "
-                        f"{folder}")
-        for line in done:  # only once every export is complete
+        for line in _export(args, instrument, names, analyses, results):  # only once every export is complete
             print(line, file=sys.stderr)
     filters = {"bpm": None if args.bpm is None else str(args.bpm), "key": None if args.key is None else str(args.key)}
     if args.json:
-        out = [{"mix": name, "instrument": instrument, "analysis": a.to_dict(), "filters": filters, "rank": args.rank,
-                "results": [r.to_dict() for r in res]}
-               for name, a, res in zip(names, analyses, results)]
-        print(json.dumps(out if len(out) > 1 or len(args.mixes) > 1 else out[0], indent=1))
+        _print_json(args, instrument, filters, names, analyses, results)
     else:
-        shown = ", ".join(f"{k} {v}" for k, v in filters.items() if v) or "none"
-        for name, a, res in zip(names, analyses, results):
-            print(f"{name}: {instrument!r}, top {len(res)} of {total} stems (mix: {tempo_text(a)} BPM, "
-                  f"{key_text(a)}; filters: {shown}; ranked by {args.rank})")
-            print(f"{'rank':>4}  {'z':>6}  {'percentile':>10}  {'BPM':>6}  {'key':<8}  {'fit':>4}  {'offset':>8}  path")
-            for r in res:
-                fit_text = "-" if r.compatibility is None else f"{r.compatibility:.2f}"
-                print(f"{r.rank:>4}  {r.z:>+6.2f}  {r.percentile:>10.1f}  {tempo_text(r.analysis):>6}  "
-                      f"{key_text(r.analysis):<8}  {fit_text:>4}  {r.offset:>7.1f}s  {r.path}")
-            if not res:
-                print("  (no stem of the index passes the filters)")
-        print(LEGEND)
+        _print_table(args, instrument, filters, names, analyses, results, total)
     return 2 if failed else 0
+
+
+def _load_mixes(paths: list[str], sample_rate: int) -> tuple[list, list[str]]:
+    """(the checked mixes (`stemjepa.audio.mix.Mix`: checked here, once), the paths that could not be used): a bad mix
+    is reported and the others are still answered."""
+    import sys
+
+    from ..audio.mix import load_query
+    from ..errors import StemJepaError
+
+    mixes, failed = [], []
+    for path in paths:
+        try:
+            mixes.append(load_query(path, sample_rate, name=path))
+        except StemJepaError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed.append(path)
+    if not mixes:
+        raise StemJepaError("no mix could be used" if len(paths) > 1 else "the mix could not be used")
+    return mixes, failed
+
+
+def _export(args, instrument: str, names: list[str], analyses: list, results: list) -> list[str]:
+    """Write every mix's candidates (--export, --fit); everything exported is removed again if a write fails (a full
+    disk). The lines to print once all are written."""
+    from pathlib import Path
+
+    from ..errors import StemJepaError
+    from ..search.export import export_candidates, remove_created, safe_name
+
+    created: list = []  # everything this command exported: removed again if a later write fails (a full disk)
+    done = []
+    for i, (name, res) in enumerate(zip(names, results)):
+        fit = {"fit": True, "mix_analysis": analyses[i]} if args.fit else {}
+        folder = Path(args.export)
+        if len(args.mixes) > 1:
+            folder = folder / f"{i + 1:02d}_{safe_name(Path(name).stem)}"
+        try:
+            export_candidates(name, instrument, res, folder, overwrite=args.overwrite, created=created, **fit)
+        except StemJepaError:
+            remove_created(created)
+            raise
+        done.append(f"exported {len(res)} {'fitted' if args.fit else 'aligned'} candidates and results.json to {folder}")
+    return done
+
+
+def _print_json(args, instrument: str, filters: dict, names: list[str], analyses: list, results: list) -> None:
+    import json
+
+    out = [{"mix": name, "instrument": instrument, "analysis": a.to_dict(), "filters": filters, "rank": args.rank,
+            "results": [r.to_dict() for r in res]}
+           for name, a, res in zip(names, analyses, results)]
+    print(json.dumps(out if len(out) > 1 or len(args.mixes) > 1 else out[0], indent=1))
+
+
+def _print_table(args, instrument: str, filters: dict, names: list[str], analyses: list, results: list,
+                 total: int) -> None:
+    shown = ", ".join(f"{k} {v}" for k, v in filters.items() if v) or "none"
+    for name, a, res in zip(names, analyses, results):
+        print(f"{name}: {instrument!r}, top {len(res)} of {total} stems (mix: {tempo_text(a)} BPM, "
+              f"{key_text(a)}; filters: {shown}; ranked by {args.rank})")
+        print(f"{'rank':>4}  {'z':>6}  {'percentile':>10}  {'BPM':>6}  {'key':<8}  {'fit':>4}  {'offset':>8}  path")
+        for r in res:
+            fit_text = "-" if r.compatibility is None else f"{r.compatibility:.2f}"
+            print(f"{r.rank:>4}  {r.z:>+6.2f}  {r.percentile:>10.1f}  {tempo_text(r.analysis):>6}  "
+                  f"{key_text(r.analysis):<8}  {fit_text:>4}  {r.offset:>7.1f}s  {r.path}")
+        if not res:
+            print("  (no stem of the index passes the filters)")
+    print(LEGEND)

@@ -102,6 +102,41 @@ def _previous_stem_skips(out: Path, song: Song) -> list[dict]:
         return []
 
 
+class _Recorder:
+    """Takes each song's result as it arrives: counts it, records its skips, moves the bar; a fatal error (a full disk)
+    stops the run, keeping the songs already written."""
+
+    def __init__(self, out: Path, todo: list[Song], skipped: list[dict], n_already: int, bar):
+        self.out, self.by_id, self.skipped, self.n_already, self.bar = out, {s.id: s for s in todo}, skipped, n_already, bar
+        self.n_ok = 0
+
+    def __call__(self, result: tuple[str, str | None, list, bool]) -> None:
+        song_id, error, stem_skips, fatal = result
+        if fatal:
+            raise StemJepaError(f"{error} (the {self.n_ok + self.n_already} songs already in the cache are kept; run the "
+                                "same command again to continue)")
+        if error is None:
+            self.n_ok += 1
+            self.skipped.extend(_skip(song_id, name, None, reason) for name, reason in stem_skips)
+        else:
+            remove_song(self.out, song_id)  # a stale copy of a song that can no longer be read must go
+            self.skipped.append(_skip(song_id, None, self.by_id[song_id].root, error))
+            log.warning("song %s skipped: %s", song_id, error)
+        self.bar.update(1)
+        self.bar.set_postfix(skipped=sum(1 for s in self.skipped if s["stem"] is None and s["song"]), refresh=False)
+
+
+def _run(tasks: list[tuple], jobs: int, record: _Recorder) -> None:
+    if jobs <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            record(_prepare_one(task))
+        return
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(min(jobs, len(tasks))) as pool:
+        for result in pool.imap_unordered(_prepare_one, tasks, chunksize=1):
+            record(result)
+
+
 def prepare(
     dataset: str,
     root,
@@ -130,44 +165,18 @@ def prepare(
     clean_stale_temps(out)  # what a killed or failed run left (its temp files would keep a full disk full)
     clean_stale_temps(out / "songs")
 
-    by_id = {s.id: s for s in todo}
     tasks = [(s, str(out), dataset, sample_rate) for s in todo]
-    n_ok = 0
     bar = tqdm(total=len(tasks), unit="song", desc=f"prepare {dataset}", disable=not progress or not tasks)
     if already and progress:
         bar.write(f"{len(already)} of {len(songs)} songs already in {out}; preparing the other {len(todo)}")
-
-    def record(result: tuple[str, str | None, list, bool]) -> None:
-        nonlocal n_ok
-        song_id, error, stem_skips, fatal = result
-        if fatal:
-            raise StemJepaError(f"{error} (the {n_ok + len(already)} songs already in the cache are kept; run the same "
-                                "command again to continue)")
-        song = by_id[song_id]
-        if error is None:
-            n_ok += 1
-            skipped.extend(_skip(song_id, name, None, reason) for name, reason in stem_skips)
-        else:
-            remove_song(out, song_id)  # a stale copy of a song that can no longer be read must go
-            skipped.append(_skip(song_id, None, song.root, error))
-            log.warning("song %s skipped: %s", song_id, error)
-        bar.update(1)
-        bar.set_postfix(skipped=sum(1 for s in skipped if s["stem"] is None and s["song"]), refresh=False)
-
+    record = _Recorder(out, todo, skipped, len(already), bar)
     try:
-        if jobs <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                record(_prepare_one(task))
-        else:
-            ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(min(jobs, len(tasks))) as pool:
-                for result in pool.imap_unordered(_prepare_one, tasks, chunksize=1):
-                    record(result)
+        _run(tasks, jobs, record)
     finally:
         bar.close()
 
-    result = PrepareResult(out, dataset, len(songs), len(already), n_ok, skipped)
-    if n_ok == 0 and not already:
+    result = PrepareResult(out, dataset, len(songs), len(already), record.n_ok, skipped)
+    if record.n_ok == 0 and not already:
         reasons = "; ".join(f"{s['song'] or s['path']}: {s['reason']}" for s in skipped[:3])
         raise DataError(f"{out}: no song could be prepared ({reasons})")
     result.manifest = finalize_cache(out, dataset, skipped)

@@ -115,7 +115,9 @@ def write_reports(out: Path, cfg: DemoConfig, table: str, metrics: dict, example
 def markdown(cfg: DemoConfig, table: str, examples: list) -> str:
     md = ["# stemjepa demo report", "",
           f"Held-out songs: {cfg.test_songs} (instruments never heard in training: {', '.join(cfg.held_out)}); "
-          f"training songs: {cfg.train_songs}, {cfg.seconds:.0f} s each.", "",
+          f"training songs: {cfg.train_songs}, {cfg.seconds:.0f} s each; training "
+          + ("from random weights (the tiny configs)." if cfg.init == "scratch" else
+             f"fine-tunes `{cfg.init}` (the row 'built-in model as is' is that model before fine-tuning)."), "",
           "## Retrieval (Table I protocol, ranked by cosine, percent)", "", table, "",
           "## Instrument analysis of the full model (fine labels, Fig. 2)", "", "![fig2](fig2_full_model_fine.png)", "",
           "## Training curves", "", "![curves](training_curves.png)", "", "## Example queries", ""]

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -318,40 +318,53 @@ def _write_rankings(path: Path, rows: list[dict]) -> None:
     atomic_write_csv(path, list(rows[0]), rows)
 
 
+@dataclass(frozen=True)
+class RetrievalRun:
+    """How an evaluation runs, beside what it measures (RetrievalProtocol): the embedding cache (`cache_dir`, default
+    OUT_DIR/cache; False: none), `overwrite` of another evaluation's files, the `name` in the report (default: the
+    checkpoint's), the `device` of a model loaded from a file, a progress bar, and `strict` (refuse training songs)."""
+
+    cache_dir: str | Path | bool | None = None
+    overwrite: bool = False
+    name: str | None = None
+    device: str | None = None
+    progress: bool = True
+    strict: bool = False
+
+
 def evaluate_retrieval(model_or_ckpt, songs: list[Song], protocol: RetrievalProtocol | None = None, out_dir=None, *,
-                       cache_dir=None, overwrite: bool = False, name: str | None = None, device=None, progress: bool = True,
-                       strict: bool = False) -> dict:
+                       run: RetrievalRun | None = None, **run_values) -> dict:
     """Run the Table I benchmark of a model (or model file) on `songs` under `protocol` (default: RetrievalProtocol())
-    and return metrics.json's content.
+    and return metrics.json's content; `run` (or its fields as keywords: cache_dir, overwrite, name, device, progress,
+    strict): how it runs.
 
     With `out_dir`, writes metrics.json, rankings.csv, analysis.csv, fig2.png and report.md there (refusing a folder that
-    holds another evaluation unless `overwrite`), and caches the embeddings in `cache_dir` (default OUT_DIR/cache; False:
-    no cache). Songs the model was trained on are reported with a warning; `strict` refuses them. `device` places a model
-    loaded from a file.
+    holds another evaluation unless `overwrite`), and caches the embeddings. Songs the model was trained on are reported
+    with a warning; `strict` refuses them.
     """
     start = time.perf_counter()
+    run = replace(run or RetrievalRun(), **run_values)
     if not songs:
         raise DataError("no songs to evaluate")
-    model, checkpoint = _resolve_model(model_or_ckpt, device)
+    model, checkpoint = _resolve_model(model_or_ckpt, run.device)
     given = protocol or RetrievalProtocol()
     protocol = given.for_model(model)
     model_id = str(model.model_id)
     seen = analysis.training_labels(model)  # before queries add new labels to the model's text table
-    overlap = training_overlap(model, songs, protocol.dataset, strict)
+    overlap = training_overlap(model, songs, protocol.dataset, run.strict)
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        check_out_dir(out, protocol.identity(model_id), overwrite)
-        if cache_dir is None:
-            cache_dir = out / "cache"
+        check_out_dir(out, protocol.identity(model_id), run.overwrite)
+    cache_dir = out / "cache" if run.cache_dir is None and out is not None else run.cache_dir
     # the references depend on the encoder that made them (the queries do not, but are cheap next to them)
     cache = EmbeddingCache(cache_dir or None, model_id, protocol.dataset,
                            protocol.split if protocol.reference_encoder == "target" else f"{protocol.split}-context-ref")
-    corpus = encode_corpus(model, songs, protocol.label_level, protocol.labels, cache, protocol.silence_db, progress,
-                           protocol.reference_encoder)
+    corpus = encode_corpus(model, songs, protocol.label_level, protocol.labels, cache, protocol.silence_db,
+                           run.progress, protocol.reference_encoder)
     result, rows, tally = score_corpus(corpus, protocol.k64_draws, protocol.seed, distance=protocol.distance)
     record = _record(model, protocol, given.distance is None or given.distance == model.distance, result, corpus,
-                     overlap, name or _checkpoint_name(checkpoint, model_id), checkpoint)
+                     overlap, run.name or _checkpoint_name(checkpoint, model_id), checkpoint)
     record["seconds"] = round(time.perf_counter() - start, 3)
     if record["pool_diagnostics"]["collapsed"]:
         p = record["pool_diagnostics"]
@@ -359,7 +372,7 @@ def evaluate_retrieval(model_or_ckpt, songs: list[Song], protocol: RetrievalProt
                     "%.1f); retrieval scores of this checkpoint are at chance level whatever the training loss says",
                     p["n"], p["median_cosine"], p["spread"], p["rankme"])
     if out is not None:
-        _write_outputs(out, record, rows, tally, seen, overwrite)
+        _write_outputs(out, record, rows, tally, seen, run.overwrite)
         record["seconds"] = round(time.perf_counter() - start, 3)
         atomic_write_text(out / "metrics.json", json.dumps(record, indent=2) + "\n")
     return record
@@ -371,8 +384,7 @@ def _resolve_model(model_or_ckpt, device):
         from ..models import load_model
 
         return load_model(str(model_or_ckpt), device=device), str(model_or_ckpt)
-    model = model_or_ckpt
-    return model, None if model.checkpoint_path is None else str(model.checkpoint_path)
+    return model_or_ckpt, model_or_ckpt.source.file
 
 
 def _record(model, protocol: RetrievalProtocol, models_own: bool, result: dict, corpus: Corpus, overlap: dict, name: str,
@@ -440,8 +452,7 @@ def training_overlap(model, songs: list[Song], dataset: str, strict: bool = Fals
     `strict`. Returns metrics.json's "training_overlap" entry."""
     from ..data.provenance import overlap
 
-    record = model.training_songs
-    shared = overlap(songs, dataset, record)
+    shared = overlap(songs, dataset, model.source.training_songs)
     if shared is None:
         if strict:
             raise StemJepaError("--strict: the checkpoint does not record its training songs, so an overlap with the "

@@ -1,12 +1,13 @@
 """Checkpoints: a Lightning checkpoint file plus a `stemjepa` entry holding the config, so loading needs no training code.
 
 Files are read with `torch.load(weights_only=True)`: no code from the file is executed; and memory-mapped (`mmap=True`),
-so reading one costs no memory until a tensor is used: `load_model` checks the config's sizes and the tensors' names,
-shapes and dtypes (`models.architecture`) before it builds the model.
+so reading one costs no memory until a tensor is used: `load_model` hands the state dict to `models.rebuild`, which checks
+the config's sizes and the tensors' names, shapes and dtypes (`models.architecture`) before it builds the model.
 """
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -107,27 +108,17 @@ def checkpoint_labels(state: dict):
     return labels if isinstance(labels, list) else None
 
 
-def load_model(path, device=None, eval_mode: bool = True):
-    """Rebuild a StemJEPA from a checkpoint file alone. device=None: CUDA when present, else CPU."""
-    from .architecture import check_architecture, tensor_specs
-    from .stemjepa import StemJEPA
+def load_model(path, device=None, eval_mode: bool = True, source=None):
+    """Rebuild a StemJEPA from a checkpoint file alone (`rebuild`). device=None: CUDA when present, else CPU. `source`:
+    where the file was found (`registry.resolve`), completed with what the file records and set as `model.source`."""
+    from .rebuild import rebuild
+    from .source import ModelSource
 
     ckpt = read_checkpoint(path)  # memory-mapped: nothing read yet
-    cfg = checkpoint_config(ckpt, path)
-    state = model_state(ckpt)
-    check_architecture(cfg, tensor_specs(state), path, labels=checkpoint_labels(state))  # before the model is built
-    check_finite_weights(state, path)
-    model = StemJEPA(cfg.model, cfg.phase)
-    model.training_config = cfg  # provenance (the recipe), written again by `stemjepa export`; the model does not read it
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the config inside it ({str(exc)[:300]})") from None
-    place_model(model, device, eval_mode)
-    model.checkpoint_path = str(path)
-    model.training_songs = training_songs(ckpt)
-    _ = model.model_id  # the id of the weights as stored, computed once
-    return model
+    located = source or ModelSource("checkpoint", Path(path))
+    model = rebuild(checkpoint_config(ckpt, path), model_state(ckpt),
+                    replace(located, training_songs=training_songs(ckpt)))
+    return place_model(model, device, eval_mode)
 
 
 def place_model(model, device=None, eval_mode: bool = True):

@@ -17,6 +17,7 @@ file.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -57,10 +58,10 @@ def _split_state(state: dict) -> tuple[dict, dict]:
 
 def saved_config(model) -> dict:
     """The config an export records, in the shape of a training config (which every loader reads): the model's own
-    config and phase, over the training recipe it was loaded with (`training_config`, provenance) when there is one."""
+    config and phase, over the training recipe it was loaded with (`model.source.training_config`) when there is one."""
     from ..config import to_dict
 
-    recipe = model.training_config
+    recipe = model.source.training_config
     return {**(to_dict(recipe) if recipe is not None else {}), "phase": model.phase, "model": to_dict(model.config)}
 
 
@@ -82,7 +83,7 @@ def export_model(model, out, force: bool = False, source: str | None = None, ext
     if not out.parent.is_dir():
         raise StemJepaError(f"{out.parent}: folder not found (for {out.name})")
     tensors, extra = _split_state(model.state_dict())
-    songs = model.training_songs
+    songs = model.source.training_songs
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -93,7 +94,7 @@ def export_model(model, out, force: bool = False, source: str | None = None, ext
         "training_songs": json.dumps(songs) if isinstance(songs, dict) else "null",
         "phase": str(model.phase),
         "target_encoder": TARGET_ENCODER_NOTE if model.has_predictor else "none: a phase-1 model has a single encoder",
-        "source": str(source or model.checkpoint_path or ""),
+        "source": str(source or model.source.file or ""),
     }
     for k, v in (extra_metadata or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
@@ -162,14 +163,16 @@ def read_export(path) -> tuple[dict, dict]:
     return {**_read_tensors(path), **extra}, meta
 
 
-def load_export(path, device=None, eval_mode: bool = True):
-    """Rebuild a StemJEPA from an export file alone (no training code, no pickle). The config's sizes and the tensors'
-    names, shapes and dtypes (from the header) are checked before any tensor is read or the model is built."""
+def load_export(path, device=None, eval_mode: bool = True, source=None):
+    """Rebuild a StemJEPA from an export file alone (no training code, no pickle; `rebuild`): the config's sizes and the
+    tensors' names, shapes and dtypes (from the header) are checked before any tensor is read or the model is built, and
+    the rebuilt model must have the id the file records. `source`: where the file was found (`registry.resolve`; a
+    built-in model keeps its name), completed with what the file records and set as `model.source`."""
     from ..config import from_dict
     from ..errors import ConfigError
-    from .architecture import check_architecture
-    from .checkpoint import check_finite_weights, place_model
-    from .stemjepa import StemJEPA
+    from .checkpoint import checkpoint_labels, place_model
+    from .rebuild import rebuild
+    from .source import ModelSource
 
     meta, specs = read_export_header(path)
     extra = meta.pop("extra_state")
@@ -177,20 +180,9 @@ def load_export(path, device=None, eval_mode: bool = True):
         cfg = from_dict(meta["config"])
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: config inside the export is not usable ({exc})") from None
-    cond_extra = extra.get("conditioner._extra_state")
-    labels = cond_extra.get("labels") if isinstance(cond_extra, dict) else None
-    check_architecture(cfg, specs, path, labels=labels if isinstance(labels, list) else None)
-    state = {**_read_tensors(path), **extra}
-    check_finite_weights(state, path)
-    model = StemJEPA(cfg.model, cfg.phase)
-    model.training_config = cfg
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the config inside it ({str(exc)[:300]})") from None
-    model.checkpoint_path = str(path)
-    model.training_songs = meta["training_songs"] if isinstance(meta["training_songs"], dict) else None
-    model.export_metadata = {k: v for k, v in meta.items() if k != "config"}
+    songs = meta["training_songs"] if isinstance(meta["training_songs"], dict) else None
+    located = replace(source or ModelSource("export", Path(path)), training_songs=songs)
+    model = rebuild(cfg, lambda: {**_read_tensors(path), **extra}, located, specs=specs, labels=checkpoint_labels(extra))
     recorded = meta.get("model_id")
     if recorded and str(model.model_id) != recorded:  # the id of the weights as stored, before any move or cast
         raise CheckpointError(f"{path}: damaged export: its weights are model {model.model_id}, the file says {recorded}")

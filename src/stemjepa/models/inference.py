@@ -80,9 +80,6 @@ class InferenceMixin:
     bf16 on CUDA (fp16 on GPUs without bf16) and on CPUs with native bf16, fp32 on other CPUs (models/precision.py).
     """
 
-    checkpoint_path: str | None = None  # set by the loaders (models/checkpoint.py, models/export.py)
-    training_songs: dict | None = None  # set by the loaders from what the file records
-
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -163,11 +160,8 @@ class InferenceMixin:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         dtype = self.autocast_dtype(precision)
         cs, ps, d = self.chunk_samples, self.patch_samples, self.embed_dim
-        f_rows = self.encoder.grid[0]
         is_query = labels is not None
-        center = 0.0
-        if self.center_embeddings:
-            center = (self.query_center if is_query else self.reference_center).float().cpu().numpy()
+        center = self._center(is_query)
         buf = np.zeros((batch_size, cs), dtype=np.float32)
         buf_valid = np.zeros(batch_size, dtype=np.int64)
         owners: list[tuple[_Track, int]] = []
@@ -185,14 +179,7 @@ class InferenceMixin:
 
         def finished() -> Iterator[TrackEmbedding]:
             while pending and pending[0].done == pending[0].n:
-                t = pending.popleft()
-                counts = (t.valid * f_rows).astype(np.float64)
-                yield TrackEmbedding(
-                    chunks=(t.sums / counts[:, None] - center).astype(np.float32),
-                    offsets=(np.arange(t.n) * cs / self.sample_rate).astype(np.float32),
-                    weights=t.valid.astype(np.float32),
-                    vector=(t.sums.astype(np.float64).sum(0) / counts.sum() - center).astype(np.float32),
-                )
+                yield self._track_embedding(pending.popleft(), center)
 
         label_iter = iter(labels) if is_query else itertools.repeat(None)
         for i, wave in enumerate(waves):
@@ -217,6 +204,22 @@ class InferenceMixin:
         if owners:
             run_batch()
         yield from finished()
+
+    def _center(self, is_query: bool) -> np.ndarray | float:
+        """The running centre subtracted from this side's embeddings (0 for models that do not centre them)."""
+        if not self.center_embeddings:
+            return 0.0
+        return (self.query_center if is_query else self.reference_center).float().cpu().numpy()
+
+    def _track_embedding(self, t: _Track, center: np.ndarray | float) -> TrackEmbedding:
+        """A finished track's TrackEmbedding: per-chunk means and the mean of all its valid patches, centred."""
+        counts = (t.valid * self.encoder.grid[0]).astype(np.float64)
+        return TrackEmbedding(
+            chunks=(t.sums / counts[:, None] - center).astype(np.float32),
+            offsets=(np.arange(t.n) * self.chunk_samples / self.sample_rate).astype(np.float32),
+            weights=t.valid.astype(np.float32),
+            vector=(t.sums.astype(np.float64).sum(0) / counts.sum() - center).astype(np.float32),
+        )
 
     def _tracks(self, waves: list, labels: list[str] | None, batch_size: int, target: bool = True,
                 precision: str | None = None, sample_rate: int | None = None) -> list[TrackEmbedding]:

@@ -159,57 +159,69 @@ def export_onnx(model, out_path) -> list[Path]:
     was_training = model.training
     device = model.device
     model = model.eval()
-    phase2 = bool(model.has_predictor)
-    centred = bool(model.center_embeddings)
-    files: list[Path] = []
-    cs = model.chunk_samples
-    example = 0.1 * torch.randn(2, cs, generator=torch.Generator().manual_seed(0))
-    valid = torch.tensor([model.chunk_samples // model.patch_samples, 1], dtype=torch.long)
     try:
         model.to("cpu")
-        ref_encoder = model.target_encoder if phase2 else model.encoder
-        ref = _Side(model, ref_encoder, None, model.reference_center if centred else None).eval()
-        ref_path = Path(f"{prefix}.reference.onnx")
-        _export(ref, (example, valid), ref_path, ["wave", "valid_patches"])
-        files.append(ref_path)
-
-        query_inputs = ["wave", "valid_patches"]
-        q_args: tuple = (example, valid)
-        table, labels, kind = (None, [], None)
-        if phase2:
-            table, labels, kind = _condition_table(model)
-            query_inputs.append("condition")
-            cond = torch.from_numpy(table[:1].repeat(2, 0)) if len(table) else torch.zeros(2, model.conditioner.dim)
-            q_args = (example, valid, cond)
-        query = _Side(model, model.encoder, model.predictor if phase2 else None,
-                      model.query_center if centred else None).eval()
-        query_path = Path(f"{prefix}.query.onnx")
-        _export(query, q_args, query_path, query_inputs)
-        files.append(query_path)
-        if phase2:
-            cond_path = Path(f"{prefix}.conditions.npy")
-            atomic_write(cond_path, lambda fh: np.save(fh, np.asarray(table, dtype=np.float32)))
-            files.append(cond_path)
+        files, labels, kind = _write_graphs(model, prefix)
     finally:
         model.to(device)
         model.train(was_training)
+    meta_path = Path(f"{prefix}.onnx.json")
+    atomic_write_text(meta_path, json.dumps(_description(model, prefix, labels, kind), indent=1))
+    return [*files, meta_path]
 
+
+def _write_graphs(model, prefix: Path) -> tuple[list[Path], list[str], str | None]:
+    """The reference graph, the query graph and (phase 2) the conditioning table of `model` (on the CPU, in eval mode);
+    returns the files, the table's labels and the conditioning kind."""
+    phase2, centred = bool(model.has_predictor), bool(model.center_embeddings)
+    example = 0.1 * torch.randn(2, model.chunk_samples, generator=torch.Generator().manual_seed(0))
+    valid = torch.tensor([model.chunk_samples // model.patch_samples, 1], dtype=torch.long)
+    ref_encoder = model.target_encoder if phase2 else model.encoder
+    ref = _Side(model, ref_encoder, None, model.reference_center if centred else None).eval()
+    ref_path = Path(f"{prefix}.reference.onnx")
+    _export(ref, (example, valid), ref_path, ["wave", "valid_patches"])
+    files = [ref_path]
+
+    query_inputs = ["wave", "valid_patches"]
+    q_args: tuple = (example, valid)
+    table, labels, kind = (None, [], None)
+    if phase2:
+        table, labels, kind = _condition_table(model)
+        query_inputs.append("condition")
+        cond = torch.from_numpy(table[:1].repeat(2, 0)) if len(table) else torch.zeros(2, model.conditioner.dim)
+        q_args = (example, valid, cond)
+    query = _Side(model, model.encoder, model.predictor if phase2 else None,
+                  model.query_center if centred else None).eval()
+    query_path = Path(f"{prefix}.query.onnx")
+    _export(query, q_args, query_path, query_inputs)
+    files.append(query_path)
+    if phase2:
+        cond_path = Path(f"{prefix}.conditions.npy")
+        atomic_write(cond_path, lambda fh: np.save(fh, np.asarray(table, dtype=np.float32)))
+        files.append(cond_path)
+    return files, labels, kind
+
+
+def _description(model, prefix: Path, labels: list[str], kind: str | None) -> dict:
+    """OUT.onnx.json: what a runtime needs to feed the graphs and pool their outputs into track embeddings."""
+    phase2 = bool(model.has_predictor)
     f, t = model.encoder.grid
-    meta = {
+    return {
         "format": FORMAT,
         "model_id": str(model.model_id),
         "phase": 2 if phase2 else 1,
         "sample_rate": int(model.sample_rate),
-        "chunk_samples": int(cs),
+        "chunk_samples": int(model.chunk_samples),
         "patch_samples": int(model.patch_samples),
         "grid": [int(f), int(t)],
         "embed_dim": int(model.embed_dim),
-        "centered": centred,
+        "centered": bool(model.center_embeddings),
         "opset": OPSET,
         "frontend": "in graph (STFT as a convolution with windowed DFT kernels, mel, log, normalisation)",
-        "reference": {"file": ref_path.name, **graph_io(model, condition=False),
+        "reference": {"file": f"{prefix.name}.reference.onnx", **graph_io(model, condition=False),
                       "encoder": "target_encoder" if phase2 else "encoder"},
-        "query": {"file": query_path.name, **graph_io(model, condition=phase2), "encoder": "encoder", "predictor": phase2},
+        "query": {"file": f"{prefix.name}.query.onnx", **graph_io(model, condition=phase2), "encoder": "encoder",
+                  "predictor": phase2},
         "conditioning": None if not phase2 else {
             "kind": kind, "dim": int(model.conditioner.dim), "file": f"{prefix.name}.conditions.npy", "labels": labels,
             "text_backend": model.conditioner.backend if kind == "text" else None,
@@ -217,10 +229,6 @@ def export_onnx(model, out_path) -> list[Path]:
                     "single spaces, '_' -> ' '); a new text label: the text encoder's embedding, computed outside"},
         "track_vector": "sum_i valid_patches_i * embedding_i / sum_i valid_patches_i over the track's chunks",
     }
-    meta_path = Path(f"{prefix}.onnx.json")
-    atomic_write_text(meta_path, json.dumps(meta, indent=1))
-    files.append(meta_path)
-    return files
 
 
 def describe_graphs(meta: dict) -> list[str]:

@@ -2,7 +2,8 @@
 
 StemJEPA implements it, and so does every test fake, so callers use these members directly (no attribute fallbacks,
 no signature probing). A model embeds isolated stems (`embed_many`, the reference side) and mixes conditioned on an
-instrument label (`query_many`, the query side); both return one TrackEmbedding per input, in order.
+instrument label (`query_many`, the query side); both return one TrackEmbedding per input, in order. Where it comes from
+is one record, `source` (`models.source.ModelSource`; `IN_MEMORY` for a model not loaded from a file).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .inference import TrackEmbedding
+from .source import IN_MEMORY, ModelSource
 
 
 @runtime_checkable
@@ -20,9 +22,8 @@ class EmbeddingModel(Protocol):
     chunk_samples: int  # samples per chunk the encoder sees; longer waves are cut into chunks
     embed_dim: int  # size of every embedding vector
     has_predictor: bool  # phase 2 (queries are predictions) or phase 1 (queries are the mix embedding)
-    checkpoint_path: str | None  # the file it was loaded from, for messages and provenance
     precision: str  # auto | fp32 | bf16 | fp16, the default of embed_many / query_many
-    training_songs: dict | None  # {dataset family: {"n", "digest", "ids"}} it was trained on, or None (not recorded)
+    source: ModelSource  # where it comes from: kind, file, built-in name, training config and songs (provenance only)
 
     @property
     def conditioning_kind(self) -> str:
@@ -50,4 +51,4 @@ class EmbeddingModel(Protocol):
         """Query embeddings of mixes, one instrument label per mix."""
 
 
-__all__ = ["EmbeddingModel", "TrackEmbedding"]
+__all__ = ["IN_MEMORY", "EmbeddingModel", "ModelSource", "TrackEmbedding"]

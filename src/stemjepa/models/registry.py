@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..fsutil import read_json
+from .source import ModelSource
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 ALIASES_FILE = "aliases.json"
@@ -123,20 +124,6 @@ def _unknown(spec: str) -> CheckpointError:
                            "(`stemjepa models` lists them), or give the path of a .safetensors export or .ckpt checkpoint")
 
 
-@dataclass
-class ModelSource:
-    """Where a model comes from: kind ('builtin', 'export' or 'checkpoint'), the file, and the built-in name if any."""
-
-    kind: str
-    path: Path
-    name: str | None = None
-
-    @property
-    def ref(self) -> str:
-        """What an index records: the versioned built-in name, else the absolute path of the file."""
-        return self.name if self.name else str(self.path.resolve())
-
-
 def resolve(spec=None) -> ModelSource:
     """Resolve NAME_OR_PATH (None: the default built-in model) without loading it; one-line errors."""
     spec = DEFAULT if spec is None or str(spec) == "" else str(spec)
@@ -161,19 +148,14 @@ def model_ref(spec) -> str:
 def load_model(name_or_path=None, device=None, eval_mode: bool = True):
     """Load a StemJEPA by built-in name or alias (default: the built-in default model), or from a .safetensors export or
     a .ckpt checkpoint. device=None: CUDA when present, else CPU. The returned model has `model_id` (the same for a
-    checkpoint and its export), `checkpoint_path` (the file) and `model_name` (the built-in name, or None)."""
+    checkpoint and its export) and `source` (`ModelSource`: kind, file, built-in name or None, training config and
+    songs)."""
     source = resolve(name_or_path)
     if source.kind == "checkpoint":
-        from .checkpoint import load_model as load_checkpoint
-
-        model = load_checkpoint(source.path, device=device, eval_mode=eval_mode)
+        from .checkpoint import load_model as load_file
     else:
-        from .export import load_export
-
-        model = load_export(source.path, device=device, eval_mode=eval_mode)
-    model.model_name = source.name
-    model.model_ref = source.ref
-    return model
+        from .export import load_export as load_file
+    return load_file(source.path, device=device, eval_mode=eval_mode, source=source)
 
 
 def describe(folder: Path | None = None) -> str:

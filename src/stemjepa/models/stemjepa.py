@@ -15,6 +15,7 @@ from .digest import weights_digest
 from .encoder import ViTEncoder, encoder_dims
 from .inference import InferenceMixin
 from .predictor import Predictor
+from .source import IN_MEMORY, ModelSource
 
 
 class StemJEPA(InferenceMixin, nn.Module):
@@ -25,7 +26,7 @@ class StemJEPA(InferenceMixin, nn.Module):
     initial value and its floor); phase 2 the EMA target encoder, the conditioner and the predictor.
     """
 
-    training_config: TrainConfig | None = None  # set by the loaders: the recipe it was trained with (provenance only)
+    source: ModelSource = IN_MEMORY  # set once by the loaders (`models.rebuild`): where it comes from (provenance only)
 
     def __init__(self, config: ModelConfig, phase: Phase):
         super().__init__()
@@ -106,3 +107,24 @@ class StemJEPA(InferenceMixin, nn.Module):
         if self._model_id is None:
             self._model_id = weights_digest(self)[:16]
         return self._model_id
+
+    # --- provenance, read-only views of `source` (kept for callers written before it) -------------------------------------
+    @property
+    def checkpoint_path(self) -> str | None:
+        """The file it was loaded from (None: built in memory); `source.path`."""
+        return self.source.file
+
+    @property
+    def training_songs(self) -> dict | None:
+        """The songs it was trained on, None when not recorded; `source.training_songs`."""
+        return self.source.training_songs
+
+    @property
+    def training_config(self) -> TrainConfig | None:
+        """The recipe it was trained with; `source.training_config`."""
+        return self.source.training_config
+
+    @property
+    def model_name(self) -> str | None:
+        """The built-in model's versioned name, None for a file; `source.name`."""
+        return self.source.name

@@ -12,7 +12,7 @@ import importlib
 
 _EXPORTS = {
     "build_index": "build", "IndexSummary": "build", "SearchResult": "reader", "StemIndex": "reader",
-    "MIN_QUERY_SECONDS": "inputs", "QueryError": "inputs", "RANKS": "reader",
+    "MIN_QUERY_SECONDS": ".audio.mix", "QueryError": "inputs", "RANKS": "reader",
     "FORMAT_VERSION": "store", "StemIndexError": "store",
     "AUTO_APPROX_THRESHOLD": "vectors",
 }
@@ -21,5 +21,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)  # ".audio.mix": stemjepa.audio.mix
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

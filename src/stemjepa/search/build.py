@@ -2,15 +2,16 @@
 
 Index folder layout:
     index.sqlite               metadata + vectors of every file (source of truth), see store.py
-    snapshot-<G>.*             what queries map at generation G, see snapshot.py
+    snapshot-<S|G>.*           what queries map: immutable shards + tombstones + one manifest per generation,
+                               see snapshot.py
     index.lock                 held (flock) by the one `index` run allowed at a time
 An update works on generation N = committed + 1, commits after every batch (a killed run resumes), writes the
-snapshot of N, then commits `generation = N`: the moment the update appears to readers.
+snapshot of N (a shard of the rows it adds, the tombstones of those it removes: O(change)), then commits
+`generation = N`: the moment the update appears to readers.
 """
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import sqlite3
 import sys
@@ -18,9 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -29,9 +30,10 @@ from ..audio.io import AUDIO_EXTENSIONS, load_audio
 from ..audio.quality import check_embeddable
 from ..errors import AudioError, CheckpointError, DataError, StemJepaError
 from ..fsutil import WriteError, describe_write_error
-from .integrity import check_snapshot
-from .snapshot import previous_ann, remove_old_snapshots, snapshot_paths, write_snapshot
+from .reader import MODEL_KEY, OLD_MODEL_KEY, recorded_model
+from .snapshot import LAYOUT, check_previous, publish_generation
 from .store import (
+    ANALYSIS_CHECKED,
     DB_NAME,
     FORMAT_VERSION,
     LOCK_NAME,
@@ -45,7 +47,8 @@ from .store import (
 from .vectors import INDEX_POLICIES, default_params, normalize, resolve_index_type
 from .walk import FileInfo, file_checksum, stat_file, walk_audio
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the pipeline imports torch: loaded when the index embeds, not when a reader imports this module
+    from ..models.pipeline import Decoded, FileEmbedding
     from ..models.protocol import EmbeddingModel
 
 
@@ -60,6 +63,7 @@ class IndexSummary:
     removed: int = 0
     reused: int = 0  # embeddings copied from an identical file (same checksum) instead of recomputed
     resumed: int = 0  # embeddings kept from a run that was interrupted
+    merged: int = 0  # embeddings taken from the parts of sharded runs (--merge, parts.py)
     failed: list[tuple[str, str]] = field(default_factory=list)
     found: int = 0  # audio files found under the folder
     total: int = 0
@@ -74,6 +78,7 @@ class IndexSummary:
                  f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
                  f"{len(self.failed)} failed"]
         extra = [f"{n} {what}" for n, what in ((self.resumed, "kept from an interrupted run"),
+                                               (self.merged, "embedded by sharded runs"),
                                                (self.reused, "copied from identical files"),
                                                (self.analysed, "indexed before, now analysed for tempo and key")) if n]
         if extra:
@@ -107,6 +112,7 @@ class _Loaded:
     analysis: dict | None = None
     analysis_version: int | None = None
     problem: str | None = None
+    from_part: bool = False  # `reuse` is the row of a shard's part (a merge), not of this index
 
 
 @dataclass
@@ -121,17 +127,39 @@ class _Embedded:
     analysis_version: int | None = None
 
 
-def model_reference(checkpoint) -> str | None:
-    """What an index records for the model it was built with: a built-in model's versioned name, else the file's
-    absolute path (a name that is neither, e.g. a test's fake, is kept as an absolute path too)."""
-    if not checkpoint:
+def model_reference(spec) -> str | None:
+    """What an index records for the model it was built with (NAME_OR_PATH): a built-in model's versioned name, else
+    the file's absolute path (a name that is neither, e.g. a test's fake, is kept as an absolute path too)."""
+    if not spec:
         return None
     from ..models.registry import resolve
 
     try:
-        return resolve(checkpoint).ref
+        return resolve(spec).ref
     except CheckpointError:
-        return str(Path(checkpoint).resolve())
+        return str(Path(spec).resolve())
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How an `index` run works; `build_index` also takes each of these by name."""
+
+    batch_size: int = 16  # model chunks per forward pass, shared across files
+    index_type: str | None = None  # auto | exact | ivfpq | hnsw; None: the index's current policy (auto when new)
+    progress: bool = True  # progress bars on stderr
+    allow_empty: bool = False  # allow an update that removes every file of a non-empty index
+    precision: str | None = None  # auto | fp32 | bf16 | fp16 of every forward pass; None: the model's
+    workers: int = 2  # decoding threads
+    merge_from: str | None = None  # fold in the finished parts of `--shard` runs in this folder (parts.py)
+
+
+def _index_options(options: IndexOptions | None, settings: dict) -> IndexOptions:
+    options = options or IndexOptions()
+    names = set(IndexOptions.__dataclass_fields__)
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise TypeError(f"build_index() got an unexpected keyword argument {unknown[0]!r}")
+    return replace(options, **settings)
 
 
 def analyse_wave(wave: np.ndarray, sample_rate: int) -> tuple[dict | None, str | None]:
@@ -177,18 +205,35 @@ def _writer_lock(folder: Path):
         fh.close()
 
 
+PARTS_DIR = "parts"  # where `--shard I/N` runs write their parts by default (parts.py): INDEX/parts/I-of-N/
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise StemIndexError(f"{out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and not (out / DB_NAME).exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
+    if out.is_dir() and not (out / DB_NAME).exists() and any(p.name not in (LOCK_NAME, PARTS_DIR)
+                                                              for p in out.iterdir()):
         raise StemIndexError(f"{out}: folder is not empty and holds no stem index; choose an empty or new --out folder")
     out.mkdir(parents=True, exist_ok=True)
 
 
-def build_index(root, out, model: EmbeddingModel, checkpoint=None, batch_size: int = 16, index_type: str | None = None,
-                progress: bool = True, on_phase: Callable[[str], None] | None = None,
-                allow_empty: bool = False, precision: str | None = None) -> IndexSummary:
-    """Create or update the index in `out` for the audio files under `root`, embedded with `model`.
+def _checked_args(root, out, opts: IndexOptions) -> tuple[Path, Path]:
+    """The library and index folders, resolved, once the options are known good (before anything is written)."""
+    root, out = Path(root).expanduser().resolve(), Path(out).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found (give the folder holding your stems)")
+    if opts.index_type is not None and opts.index_type not in INDEX_POLICIES:
+        raise StemJepaError(f"unknown index type {opts.index_type!r} (choose from {', '.join(INDEX_POLICIES)})")
+    if opts.batch_size < 1:
+        raise StemJepaError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    return root, out
+
+
+def build_index(root, out, model: EmbeddingModel, model_ref=None, options: IndexOptions | None = None,
+                on_phase: Callable[[str], None] | None = None, **settings: Any) -> IndexSummary:
+    """Create or update the index in `out` for the audio files under `root`, embedded with `model`; the index records
+    `model_ref` (its NAME_OR_PATH, `model_reference`: what queries load by default; `checkpoint=` is its former name).
+    `options` (`IndexOptions`), or any of its fields by name (`batch_size=8, progress=False`), say how.
 
     New files are embedded, files unchanged since the last run (size + mtime, or checksum when only the mtime moved)
     are skipped, deleted files are dropped. Work is committed after every batch, so a run that is killed resumes where
@@ -202,23 +247,30 @@ def build_index(root, out, model: EmbeddingModel, checkpoint=None, batch_size: i
     An update that would remove every file of a non-empty index (an unmounted drive) is refused unless `allow_empty`.
     A full disk or a write error ends the run with one line; the previous generation stays searchable.
     `precision` (auto|fp32|bf16|fp16; default: the model's) is that of every forward pass (models/precision.py).
+    `merge_from` (a folder of `--shard` parts, parts.py): the files they embedded are taken from them, not embedded;
+    refused unless all N parts are there and finished; they are deleted once the generation is committed.
     """
-    root, out = Path(root).expanduser().resolve(), Path(out).expanduser().resolve()
-    if not root.is_dir():
-        raise DataError(f"{root}: folder not found (give the folder holding your stems)")
-    if index_type is not None and index_type not in INDEX_POLICIES:
-        raise StemJepaError(f"unknown index type {index_type!r} (choose from {', '.join(INDEX_POLICIES)})")
-    if batch_size < 1:
-        raise StemJepaError(f"--batch-size must be at least 1, got {batch_size}")
+    model_ref = model_ref or settings.pop(OLD_MODEL_KEY, None)
+    opts = _index_options(options, settings)
+    root, out = _checked_args(root, out, opts)
     try:
         _prepare_out(out)
         with _writer_lock(out):
+            parts = None
+            if opts.merge_from is not None:  # checked before the index is touched
+                from .parts import PartSet
+
+                parts = PartSet.open(Path(opts.merge_from).expanduser().resolve(), root, model)
             store = MetaStore(out, create=True)
             try:
-                return _Update(store, root, model, checkpoint, batch_size, index_type, progress, on_phase,
-                               allow_empty, precision).run()
+                summary = _Update(store, root, model, model_ref, opts, on_phase, parts).run()
             finally:
                 store.close()
+                if parts is not None:
+                    parts.close()
+            if parts is not None:
+                parts.merged(summary.generation)  # committed: the parts are not needed any more
+            return summary
     except IndexWriteError:
         raise
     except WriteError as exc:
@@ -237,12 +289,13 @@ def build_index(root, out, model: EmbeddingModel, checkpoint=None, batch_size: i
 class _Update:
     """One `index` run on generation N = committed + 1 (see store.py): plan, embed, publish."""
 
-    def __init__(self, store: MetaStore, root: Path, model: EmbeddingModel, checkpoint, batch_size: int,
-                 index_type: str | None, progress: bool, on_phase, allow_empty: bool, precision: str | None):
-        self.store, self.root, self.model = store, root, model
-        self.allow_empty, self.precision = allow_empty, precision
-        self.checkpoint = model_reference(checkpoint)
-        self.batch_size, self.progress = batch_size, progress
+    def __init__(self, store: MetaStore, root: Path, model: EmbeddingModel, model_ref, options: IndexOptions,
+                 on_phase: Callable[[str], None] | None, parts=None):
+        self.store, self.root, self.model, self.options = store, root, model, options
+        self.parts = parts  # parts.PartSet of a merge: rows embedded by `--shard` runs, looked up by path
+        self.allow_empty, self.precision = options.allow_empty, options.precision
+        self.model_ref = model_reference(model_ref)
+        self.batch_size, self.progress = options.batch_size, options.progress
         self.on_phase = on_phase or (lambda phase: None)
         self.summary = IndexSummary(index=str(store.folder))
         self._db_lock = threading.Lock()  # the loader threads look up reusable rows on the same connection
@@ -250,9 +303,10 @@ class _Update:
 
         self.analysis_version = int(ANALYSIS_VERSION)
         self.analyse = index_time_analysis()  # off: rows are stored without tempo/key, a later run adds them
-        self._init_info(index_type)
+        self._init_info(options.index_type)
         self.G = store.generation
         self.N = self.G + 1
+        self._checked: dict | None = None  # the analysis check to record with the commit (_analyse_stale)
 
     def _init_info(self, index_type: str | None) -> None:
         s, model_id = self.store, str(self.model.model_id)
@@ -267,11 +321,10 @@ class _Update:
                 s.set("checksum", "blake2b-128")
             elif s.get("model_id") != model_id:
                 raise CheckpointError(
-                    f"{s.folder}: index was built with model {s.get('model_id')} (checkpoint {s.get('checkpoint')}), "
-                    f"this checkpoint is model {model_id}: index with the same checkpoint, or choose a new --out "
-                    "folder")
-            if self.checkpoint:
-                s.set("checkpoint", self.checkpoint)
+                    f"{s.folder}: index was built with model {s.get('model_id')} ({recorded_model(s)}), this "
+                    f"--model is model {model_id}: index with the same model, or choose a new --out folder")
+            if self.model_ref:
+                s.set(MODEL_KEY, self.model_ref)
             if index_type is not None:
                 s.set("index_policy", index_type)
             s.set("stemjepa_version", __version__)
@@ -345,53 +398,57 @@ class _Update:
             return None
 
     # --- embed -----------------------------------------------------------------------------------------------------
-    def _load(self, todo: _Todo) -> _Loaded:
+    def _load(self, todo: _Todo) -> Decoded:
         """Runs in a loader thread: checksum, then the stored vectors of identical bytes or the decoded wave."""
+        from ..models.pipeline import Decoded
+
         path = todo.file.path
-        checksum = file_checksum(path)
-        with self._db_lock:  # a copied or renamed file: its vectors are reused, not recomputed
-            reuse = self.store.row_by_checksum(checksum, self.dim)
-        version = self.analysis_version
+        hit = self.parts.lookup(todo.file) if self.parts is not None else None  # a merge: embedded by a shard
+        if hit is not None and hit.row is None:
+            raise AudioError(path, hit.problem)  # the shard could not embed it: reported, not tried again
+        if hit is not None:
+            checksum, reuse, note = hit.row.checksum, hit.row, hit.problem
+        else:
+            checksum, note = file_checksum(path), None
+            with self._db_lock:  # a copied or renamed file: its vectors are reused, not recomputed
+                reuse = self.store.row_by_checksum(checksum, self.dim)
+        version, from_part = self.analysis_version, hit is not None
         if reuse is not None and (reuse.analysis_version == version or not self.analyse):
-            return _Loaded(todo, checksum, None, reuse, reuse.analysis, reuse.analysis_version)
+            return Decoded(None, _Loaded(todo, checksum, None, reuse, reuse.analysis, reuse.analysis_version, note,
+                                         from_part))
         sr = self.model.sample_rate
         if reuse is not None:  # same vectors; analysed now (a row of an older index or analyser); else next run
             try:
                 analysis, problem = analyse_wave(load_audio(path, sample_rate=sr, mono=True), sr)
             except (AudioError, OSError) as exc:
-                return _Loaded(todo, checksum, None, reuse, None, None, getattr(exc, "problem", None) or str(exc))
-            return _Loaded(todo, checksum, None, reuse, analysis, version, problem)
-        wave = load_audio(path, sample_rate=sr, mono=True)
-        check_embeddable(wave, sr, path)
+                problem = getattr(exc, "problem", None) or str(exc)
+                return Decoded(None, _Loaded(todo, checksum, None, reuse, None, None, problem, from_part))
+            return Decoded(None, _Loaded(todo, checksum, None, reuse, analysis, version, problem, from_part))
+        wave = load_audio(path, sample_rate=sr, mono=True)  # the one decode of the file, for the model and the analyser
+        check_embeddable(wave, sr, path)  # the pipeline's rule (models.pipeline.decode_for_model)
         if not self.analyse:
-            return _Loaded(todo, checksum, wave, None)
+            return Decoded(wave, _Loaded(todo, checksum, wave, None))
         analysis, problem = analyse_wave(wave, sr)  # from the wave decoded for the model: each file is decoded once
-        return _Loaded(todo, checksum, wave, None, analysis, version, problem)
+        return Decoded(wave, _Loaded(todo, checksum, wave, None, analysis, version, problem))
 
     def _embed_all(self, to_embed: list[_Todo]) -> None:
-        from ..models.inference import prefetch
+        """Embed the files (models.pipeline.embed_files) and commit their rows after every model batch."""
+        from ..models.pipeline import EmbedOptions, embed_files
 
         if not to_embed:
             return
-        chunk = self.model.chunk_samples
         bar = _progress(len(to_embed), self.progress, "embedding")
-        batch: list[_Loaded] = []
-        batch_chunks = 0
+        options = EmbedOptions(batch_size=self.batch_size, workers=self.options.workers, precision=self.precision)
+        rows: list[_Embedded] = []
         try:
-            for todo, fut in prefetch(to_embed, self._load):
-                try:
-                    loaded = fut.result()
-                except (AudioError, OSError) as exc:
-                    self._failed(todo, getattr(exc, "problem", None) or str(exc))
-                    bar.update(1)
-                    continue
-                batch.append(loaded)
-                batch_chunks += 0 if loaded.wave is None else max(1, math.ceil(len(loaded.wave) / chunk))
-                if batch_chunks >= self.batch_size or len(batch) >= 4 * self.batch_size:
-                    self._flush(batch, bar)
-                    batch, batch_chunks = [], 0
-            if batch:
-                self._flush(batch, bar)
+            for got in embed_files(self.model, to_embed, options, load=self._load,
+                                   on_progress=lambda done, total, seconds: bar.update(done - bar.n)):
+                row = self._row(got)
+                if row is not None:
+                    rows.append(row)
+                if got.batch_end:
+                    self._flush(rows)
+                    rows = []
         finally:
             bar.close()
 
@@ -403,71 +460,70 @@ class _Update:
                 self.store.mark_removed([todo.replaces], self.N)
             self.summary.removed += 1
 
-    def _embed(self, waves: list[np.ndarray]) -> list:
-        return self.model.embed_many(waves, batch_size=self.batch_size, precision=self.precision)
-
-    def _embeddings(self, to_model: list[_Loaded]) -> list:
-        """The model's TrackEmbedding of each file, or the exception it raised for that file alone."""
-        if not to_model:
-            return []
+    def _row(self, got: FileEmbedding) -> _Embedded | None:
+        """The row of one file of the pipeline: its reused or new vectors; None (reported) when it failed."""
+        if got.problem is not None:
+            self._failed(got.item, got.problem)
+            return None
+        b: _Loaded = got.decoded.extra
         try:
-            return self._embed([b.wave for b in to_model])
-        except (KeyboardInterrupt, MemoryError):
-            raise
-        except Exception:  # noqa: BLE001 - isolate the file that breaks the batch
-            out = []
-            for b in to_model:
-                try:
-                    out.append(self._embed([b.wave])[0])
-                except (KeyboardInterrupt, MemoryError):
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    out.append(exc)
-            return out
-
-    def _flush(self, batch: list[_Loaded], bar) -> None:
-        """Embed one batch and commit its rows in one transaction."""
-        to_model = [b for b in batch if b.reuse is None]
-        embs = {id(b): e for b, e in zip(to_model, self._embeddings(to_model))}
-        rows: list[_Embedded] = []
-        for b in batch:
-            try:
-                if b.reuse is not None:
-                    rows.append(_Embedded(b.todo, b.checksum, b.reuse.duration, b.reuse.vectors, b.analysis,
-                                          b.analysis_version))
-                    self.summary.reused += 1
+            if b.reuse is not None:
+                row = _Embedded(b.todo, b.checksum, b.reuse.duration, b.reuse.vectors, b.analysis, b.analysis_version)
+                if b.from_part:
+                    self.summary.merged += 1
                 else:
-                    emb = embs.get(id(b))
-                    if isinstance(emb, Exception) or emb is None:
-                        raise StemJepaError(f"embedding failed ({type(emb).__name__}: {emb})")
-                    duration = len(b.wave) / self.model.sample_rate
-                    rows.append(_Embedded(b.todo, b.checksum, duration, _file_vectors(emb, self.dim), b.analysis,
-                                          b.analysis_version))
-                if b.problem:
-                    self.summary.unanalysed.append((b.todo.file.path, b.problem))
-            except StemJepaError as exc:
-                self._failed(b.todo, str(exc))
+                    self.summary.reused += 1
+            else:
+                duration = len(b.wave) / self.model.sample_rate
+                row = _Embedded(b.todo, b.checksum, duration, _file_vectors(got.embedding, self.dim), b.analysis,
+                                b.analysis_version)
+        except StemJepaError as exc:
+            self._failed(b.todo, str(exc))
+            return None
+        if b.problem:
+            self.summary.unanalysed.append((b.todo.file.path, b.problem))
+        return row
+
+    def _flush(self, rows: list[_Embedded]) -> None:
+        """Commit the rows of one model batch in one transaction."""
         s = self.store
         with self._db_lock, s.transaction():
             for row in rows:
                 s.insert_row(row.todo.file, row.checksum, row.duration, row.vectors, self.N, row.analysis,
                              row.analysis_version)
             s.mark_removed([r.todo.replaces for r in rows if r.todo.replaces is not None], self.N)
+            self._commit_also(rows)
         replaced = sum(r.todo.replaces is not None for r in rows)
         self.summary.updated += replaced
         self.summary.added += len(rows) - replaced
-        bar.update(len(batch))
         self.on_phase("batch")
 
+    def _commit_also(self, rows: list[_Embedded]) -> None:
+        """What else is committed with a batch's rows (a shard's part: the problems of its files)."""
+
     # --- tempo and key of rows indexed before --------------------------------------------------------------------------
-    def _analyse_stale(self, batch: int = 32) -> None:
+    def _analyse_stale(self) -> None:
         """Analyse the files of the index that have no analysis of this ANALYSIS_VERSION (an index written before
-        analysis existed, or by an older analyser): decoded again (their vectors are kept), updated in place."""
+        analysis existed, or by an older analyser): decoded again (their vectors are kept), updated in place.
+        Only the rows added since the last complete check are looked at (`ANALYSIS_CHECKED`: a range of row ids, so a
+        run on a large unchanged library reads none of its rows)."""
+        if not self.analyse:  # the rows stay unanalysed, and are found by the next run that analyses
+            return
+        s, version = self.store, self.analysis_version
+        checked = s.get(ANALYSIS_CHECKED) or {}
+        after = int(checked.get("through_id", 0)) if checked.get("version") == version else 0
+        top = s.max_id()
+        stale = s.stale_analysis(self.N, version, after_id=after)
+        unreadable: list[int] = []  # left unanalysed: tried again next run
+        if stale:
+            self._analyse_rows(stale, unreadable)
+        through = min(unreadable) - 1 if unreadable else top
+        if (after, checked.get("version")) != (through, version):  # recorded once generation N is committed (a row
+            self._checked = {"version": version, "through_id": int(through)}  # this run removes may come back if not)
+
+    def _analyse_rows(self, stale: list[tuple[int, str]], unreadable: list[int], batch: int = 32) -> None:
         from ..models.inference import prefetch
 
-        stale = self.store.stale_analysis(self.N, self.analysis_version) if self.analyse else []
-        if not stale:
-            return
         sr = self.model.sample_rate
 
         def load(item):
@@ -481,6 +537,7 @@ class _Update:
                     analysis, problem = fut.result()
                 except (AudioError, OSError) as exc:  # unreadable now: left unanalysed, tried again next run
                     self.summary.unanalysed.append((path, getattr(exc, "problem", None) or str(exc)))
+                    unreadable.append(row_id)
                     bar.update(1)
                     continue
                 if problem:
@@ -507,36 +564,33 @@ class _Update:
 
     # --- publish ---------------------------------------------------------------------------------------------------
     def _publish(self) -> None:
-        """Write the snapshot of N and commit it, unless nothing changed and the current snapshot is sound."""
+        """Write the snapshot of N and commit it (snapshot.py: a shard of the added rows and the tombstones of the
+        removed ones, or a compaction when worthwhile), unless nothing changed and the current snapshot is sound.
+        A damaged snapshot (sizes and sampled checksums; the previous run's files in full) is rebuilt from SQLite;
+        a format-1 index is migrated (its snapshot kept as the first shard)."""
         s, G, N, sm = self.store, self.G, self.N, self.summary
-        records = s.get("snapshot_files")
-        problem = check_snapshot(snapshot_paths(s.folder, G), records, full=True) if G > 0 else "no snapshot yet"
-        snapshot_ok = problem is None and records is not None  # an older index without records gets them now
-        if G > 0 and problem:
-            sm.repaired = problem
-        n_live = len(s.live_stats(N))
+        previous = check_previous(s)
+        if G > 0 and previous.problem:
+            sm.repaired = previous.problem
+        n_live = s.count_visible(N)
         kind = resolve_index_type(self.policy, n_live)
-        changed = sm.added or sm.updated or sm.removed or not snapshot_ok or kind != s.get("index_type")
+        current = previous.manifest is not None and previous.manifest.get("layout") == LAYOUT
+        changed = sm.added or sm.updated or sm.removed or not current or kind != s.get("index_type")
         if not changed:
             sm.total, sm.index_type, sm.generation = n_live, kind, G
+            self._record_checked()
             return
-        ids, vectors = s.visible_vectors(N, self.dim)
-        params = self._params(kind, len(ids))
+        params = self._params(kind, n_live)
         if self.progress:
-            print(f"writing the {kind} index of {len(ids)} files...", file=sys.stderr, flush=True)
-        reuse_ann = previous_ann(s.folder, G) if kind == "ivfpq" and s.get("index_type") == "ivfpq" else None
-        record = write_snapshot(s.folder, N, kind, ids, vectors, params, reuse_ann)
-        self.on_phase("snapshot")
-        with s.transaction():
-            s.set("generation", N)
-            s.set("snapshot_files", record)
-            s.set("index_type", kind)
-            s.set("index_params", params)
-            s.set("count", int(len(ids)))
-            s.set("updated", time.strftime("%Y-%m-%dT%H:%M:%S"))
-            s.purge_removed(N)
-        remove_old_snapshots(s.folder, N)
-        sm.total, sm.index_type, sm.generation = int(len(ids)), kind, N
+            print(f"writing generation {N} of the {kind} index ({n_live} files)...", file=sys.stderr, flush=True)
+        publish_generation(s, N, kind, params, previous, on_written=lambda: self.on_phase("snapshot"))
+        sm.total, sm.index_type, sm.generation = n_live, kind, N
+        self._record_checked()
+
+    def _record_checked(self) -> None:
+        if self._checked is not None:
+            with self.store.transaction():
+                self.store.set(ANALYSIS_CHECKED, self._checked)
 
     def _params(self, kind: str, n: int) -> dict:
         params = default_params(kind, n, self.dim)

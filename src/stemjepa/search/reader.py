@@ -1,7 +1,7 @@
 """Reading a stem index: `StemIndex.open(folder)` and its queries (the writer is build.py).
 
 A reader never writes: it opens the SQLite file read-only and memory-maps the snapshot of the committed generation
-(snapshot.py), switching to a newer one when an `index` run commits it.
+(snapshot.py: its shards, without the tombstoned rows), switching to a newer one when an `index` run commits it.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ..audio.mix import Mix, load_query
 from ..errors import AudioError, CheckpointError, DataError, StemJepaError
 from .filtering import Filters, filtered_search, row_tags
-from .inputs import QueryError, check_instrument, load_query
+from .inputs import QueryError, check_instrument
 from .scores import compat_score, percentile, pool_percentile, standardised
 from .snapshot import Snapshot, load_snapshot
 from .store import MetaStore, StemIndexError, check_index_folder
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # the protocol imports torch, which a reader with a given mod
     from ..models.protocol import EmbeddingModel
 
 RANKS = ("model", "compat")
+MODEL_KEY = "model"  # the index info key of the model reference (written by build.py)
+OLD_MODEL_KEY = "checkpoint"  # its name in indexes written before it was renamed; still read
 COMPAT_FETCH = 100  # rank="compat" re-ranks at least this many of the model's best (more until the order is exact)
 
 
@@ -61,6 +64,11 @@ class SearchResult:
                 "compatibility": self.compatibility}
 
 
+def recorded_model(store: MetaStore) -> str | None:
+    """The model reference an index records: its "model", or "checkpoint" in an index written before the rename."""
+    return store.get(MODEL_KEY) or store.get(OLD_MODEL_KEY)
+
+
 def _stored_analysis(d: dict | None) -> Analysis | None:
     """The Analysis of a stored row; None when missing or damaged (the row is then shown without tempo and key)."""
     if d is None:
@@ -77,33 +85,38 @@ class StemIndex:
     """A stem index opened for queries. Safe to use while an `index` run updates the folder: each query first checks
     for a newer committed generation and switches to it.
 
-    >>> index = StemIndex.open("my_index")                       # checkpoint recorded in the index
+    >>> index = StemIndex.open("my_index")                       # the model recorded in the index
     >>> index.query("song_without_bass.wav", "bass", k=5)        # [SearchResult(rank=1, score=..., path=...), ...]
     """
 
-    def __init__(self, folder: Path, store: MetaStore, model: EmbeddingModel | None = None,
-                 checkpoint: str | None = None, device=None, precision: str | None = None):
+    batch_size = 16  # model chunks per forward pass of the queries
+
+    def __init__(self, folder: Path, store: MetaStore, model: EmbeddingModel | str | Path | None = None, device=None,
+                 precision: str | None = None):
         self.folder, self.store = folder, store
-        self._model, self._checkpoint, self._device, self._precision = model, checkpoint, device, precision
+        self._model_ref = str(model) if isinstance(model, (str, Path)) else None
+        self._model = None if self._model_ref else model
+        self._device, self._precision = device, precision
         self.snapshot: Snapshot | None = None
         self.refresh()
-        if model is not None:
-            self._check_model(model)
+        if self._model is not None:
+            self._check_model(self._model)
 
     @classmethod
-    def open(cls, path, checkpoint=None, model: EmbeddingModel | None = None, device=None,
-             precision: str | None = None) -> StemIndex:
-        """Open the index folder `path`. Queries embed with `model`, else `checkpoint`, else the index's checkpoint;
-        a checkpoint whose model id differs from the one that built the index is refused. `precision`
-        (auto|fp32|bf16|fp16), when given, is the inference precision of the queries (else the model's own)."""
+    def open(cls, path, model: EmbeddingModel | str | Path | None = None, device=None, precision: str | None = None, *,
+             checkpoint=None) -> StemIndex:
+        """Open the index folder `path`. Queries embed with `model` (a loaded model, or a NAME_OR_PATH loaded now),
+        else the model recorded in the index; a model whose id differs from the one that built the index is refused.
+        `checkpoint` is the former name of a NAME_OR_PATH `model`. `precision` (auto|fp32|bf16|fp16), when given, is
+        the inference precision of the queries (else the model's own)."""
         folder = Path(path).expanduser()
         check_index_folder(folder)
         store = MetaStore(folder)
+        model = model if model is not None else checkpoint
         try:
-            self = cls(folder, store, model=model, checkpoint=str(checkpoint) if checkpoint else None, device=device,
-                       precision=precision)
-            if model is None and checkpoint is not None:
-                self.model  # load now: a wrong checkpoint is refused at open  # noqa: B018
+            self = cls(folder, store, model=model, device=device, precision=precision)
+            if self._model_ref:
+                self.model  # load now: a wrong model is refused at open  # noqa: B018
             return self
         except BaseException:
             store.close()
@@ -119,7 +132,7 @@ class StemIndex:
         self.close()
 
     def __len__(self) -> int:
-        return self.searcher.n
+        return self.snapshot.count
 
     @property
     def info(self) -> dict:
@@ -159,28 +172,28 @@ class StemIndex:
     @property
     def model(self) -> EmbeddingModel:
         if self._model is None:
-            ckpt = self._checkpoint or self.store.get("checkpoint")
-            if not ckpt:
+            ref = self._model_ref or recorded_model(self.store)
+            if not ref:
                 raise CheckpointError(f"{self.folder}: the index records no model; pass one (--model NAME_OR_PATH)")
             from ..models.registry import load_model, resolve
 
             try:
-                resolve(ckpt)
+                resolve(ref)
             except CheckpointError:
-                raise CheckpointError(f"{ckpt}: model not found (the index {self.folder} was built with it, model "
+                raise CheckpointError(f"{ref}: model not found (the index {self.folder} was built with it, model "
                                       f"{self.model_id}); pass its new name or path with --model") from None
-            model = load_model(ckpt, device=self._device)
-            self._check_model(model, ckpt)
+            model = load_model(ref, device=self._device)
+            self._check_model(model, ref)
             self._model = model
         return self._model
 
-    def _check_model(self, model: EmbeddingModel, checkpoint=None) -> None:
+    def _check_model(self, model: EmbeddingModel, ref=None) -> None:
         if str(model.model_id) != str(self.model_id):
-            what = f"checkpoint {checkpoint}" if checkpoint else "the given model"
+            what = f"--model {ref}" if ref else "the given model"
             raise CheckpointError(
-                f"{self.folder}: index was built with model {self.model_id} (checkpoint "
-                f"{self.store.get('checkpoint')}), but {what} is model {model.model_id}: query with the checkpoint "
-                "that built the index, or re-index with this one into a new folder")
+                f"{self.folder}: index was built with model {self.model_id} ({recorded_model(self.store)}), but "
+                f"{what} is model {model.model_id}: query with the model that built the index, or re-index with "
+                "this one into a new folder")
 
     # --- queries ---------------------------------------------------------------------------------------------------
     def query(self, mix, instrument: str, k: int = 10, sample_rate: int | None = None,
@@ -200,8 +213,10 @@ class StemIndex:
         from ..analysis import analyse
 
         sr = int(sample_rate or self.store.get("sample_rate") or 16000)
-        if isinstance(wave, (str, Path)):
-            wave, _ = load_query(wave, sr)
+        if isinstance(wave, Mix):  # checked already, at its own rate
+            wave, sr = wave.wave, wave.sample_rate
+        elif isinstance(wave, (str, Path)):
+            wave = load_query(wave, sr).wave
         else:
             from ..audio.io import array_to_mono
 
@@ -209,12 +224,13 @@ class StemIndex:
         return analyse(np.ascontiguousarray(wave, dtype=np.float32), sr)
 
     def query_many(self, mixes: Sequence, instruments, k: int = 10, sample_rate: int | None = None,
-                   batch_size: int = 16, bpm: BpmFilter | str | None = None, key: KeyFilter | str | None = None,
+                   bpm: BpmFilter | str | None = None, key: KeyFilter | str | None = None,
                    rank: Literal["model", "compat"] = "model",
                    mix_analyses: Sequence[Analysis] | None = None) -> list[list[SearchResult]]:
-        """Batched `query`: `instruments` is one text for all mixes or one per mix. Arrays are at `sample_rate`
-        (default: the model's); `batch_size` is the number of model chunks per forward pass. `bpm`, `key`, `rank`:
-        see `query`; `mix_analyses`: one Analysis per mix, computed here when rank="compat" needs them."""
+        """Batched `query`: `instruments` is one text for all mixes or one per mix. A mix is a path, an array at
+        `sample_rate` (default: the model's) or a `stemjepa.audio.mix.Mix` (`load_query`: checked once, not again).
+        `bpm`, `key`, `rank`: see `query`; `mix_analyses`: one Analysis per mix, computed here when rank="compat"
+        needs them. `StemIndex.batch_size` is the number of model chunks per forward pass."""
         if isinstance(instruments, str):
             instruments = [instruments] * len(mixes)
         if len(instruments) != len(mixes):
@@ -228,22 +244,21 @@ class StemIndex:
         sr = model.sample_rate
         waves = []
         for i, mix in enumerate(mixes):
-            if sample_rate and sample_rate != sr and not isinstance(mix, (str, Path)):
+            if sample_rate and sample_rate != sr and not isinstance(mix, (str, Path, Mix)):
                 from ..audio.io import array_to_mono
 
                 mix = array_to_mono(mix, sample_rate, sr, f"mix {i + 1}")  # to the model's rate before length checks
-            wave, _ = load_query(mix, sr)
-            waves.append(wave)
+            waves.append(load_query(mix, sr).wave)
         if rank == "compat" and mix_analyses is None:
             mix_analyses = [self.analyse_mix(w, sr) for w in waves]
-        embs = model.query_many(waves, labels, batch_size=batch_size, precision=self._precision)
+        embs = model.query_many(waves, labels, batch_size=self.batch_size, precision=self._precision)
         vectors = np.stack([np.asarray(e.vector, np.float32).reshape(-1) for e in embs])
         bad = [i for i, v in enumerate(vectors) if not np.all(np.isfinite(v))]
         if len(bad) == len(vectors):
-            raise CheckpointError(f"{model.checkpoint_path or 'the model'}: the model returned NaN or infinite "
+            raise CheckpointError(f"{model.source.file or 'the model'}: the model returned NaN or infinite "
                                   "values for every query (damaged weights?)")
         if bad:
-            names = ", ".join(str(mixes[i]) if isinstance(mixes[i], (str, Path)) else f"mix {i + 1}" for i in bad)
+            names = ", ".join(_mix_name(mixes[i], i) for i in bad)
             raise AudioError(names, "the model returned NaN or infinite values for this mix (the other mixes were "
                                     "fine); leave it out and query again")
         return self.search_vectors(vectors, k, bpm=bpm, key=key, rank=rank, mix_analyses=mix_analyses)
@@ -255,6 +270,15 @@ class StemIndex:
         `bpm`, `key`, `rank`, `mix_analyses` (one per query vector, or None): see `query`/`query_many`."""
         filters = Filters.of(bpm, key)
         _check_rank(rank)
+        for _attempt in range(4):
+            try:
+                return self._search(vectors, k, filters, rank, mix_analyses)
+            except _RowsPurged:  # two updates committed during this search: search the newest generation
+                continue
+        return self._search(vectors, k, filters, rank, mix_analyses, purged_ok=True)
+
+    def _search(self, vectors, k: int, filters: Filters, rank: str, mix_analyses,
+                purged_ok: bool = False) -> list[list[SearchResult]]:
         self.refresh()
         snap = self.snapshot
         q = normalize(np.atleast_2d(vectors))
@@ -262,8 +286,7 @@ class StemIndex:
             raise QueryError(f"{len(q)} query vectors but {len(mix_analyses)} mix analyses")
         if rank == "compat" and (mix_analyses is None or any(a is None for a in mix_analyses)):
             raise QueryError('rank="compat" needs the analysis of every mix (StemIndex.analyse_mix)')
-        n = len(snap.ids)
-        if n == 0:
+        if snap.count == 0:
             return [[] for _ in range(len(q))]
         if q.shape[1] != snap.dim:
             raise StemJepaError(f"query vectors have dimension {q.shape[1]}, the index {snap.dim}")
@@ -274,19 +297,19 @@ class StemIndex:
         mixes = list(mix_analyses) if mix_analyses is not None else [None] * len(q)
         if rank == "model":  # one batched search for all queries
             scores, pos = filtered_search(snap, q, k, allowed)
-            return [self._results(snap, q[i], scores[i], pos[i], mixes[i], exact_percentile=allowed is None)
-                    for i in range(len(q))]
-        return [self._compat_ranked(snap, q[i], k, allowed, mixes[i]) for i in range(len(q))]
+            return [self._results(snap, q[i], scores[i], pos[i], mixes[i], exact_percentile=allowed is None,
+                                  purged_ok=purged_ok) for i in range(len(q))]
+        return [self._compat_ranked(snap, q[i], k, allowed, mixes[i], purged_ok) for i in range(len(q))]
 
     def _compat_ranked(self, snap: Snapshot, q: np.ndarray, k: int, allowed: np.ndarray | None,
-                       mix: Analysis) -> list[SearchResult]:
+                       mix: Analysis, purged_ok: bool = False) -> list[SearchResult]:
         """The k best by compat_score: the model's best re-ranked, fetching more until no row left out can enter (an
         unfetched row has a lower z than every fetched one, and compat_score never exceeds z)."""
-        n_allowed = len(snap.ids) if allowed is None else int(allowed.sum())
+        n_allowed = snap.count if allowed is None else int(allowed.sum())
         fetch = max(k, COMPAT_FETCH)
         while True:
             scores, pos = filtered_search(snap, q[None], fetch, allowed)
-            results = self._results(snap, q, scores[0], pos[0], mix, exact_percentile=False)
+            results = self._results(snap, q, scores[0], pos[0], mix, exact_percentile=False, purged_ok=purged_ok)
             lowest = min((r.z for r in results), default=0.0)
             results.sort(key=lambda r: -compat_score(r.z, r.compatibility))  # stable: the model's order on ties
             if fetch >= n_allowed or len(results) < fetch or (
@@ -299,18 +322,20 @@ class StemIndex:
         return results
 
     def _results(self, snap: Snapshot, q: np.ndarray, scores: np.ndarray, pos: np.ndarray, mix: Analysis | None,
-                 exact_percentile: bool) -> list[SearchResult]:
+                 exact_percentile: bool, purged_ok: bool = False) -> list[SearchResult]:
         """SearchResults of one query's (cosine, position) pairs, in the model's order."""
         from ..analysis.compat import compatibility
 
         rows = self.store.rows_by_id({int(snap.ids[p]) for p in pos if p >= 0}, snap.dim)
         pool = snap.pool.cosines(q)
         mean, std = (float(pool.mean()), float(pool.std())) if len(pool) else (0.0, 0.0)
-        n = len(snap.ids)
+        n = snap.count  # the library's rows (tombstoned rows of a shard do not count)
         results = []
         for s, p in zip(scores, pos):
             row = rows.get(int(snap.ids[p])) if p >= 0 else None
             if row is None:
+                if p >= 0 and not purged_ok and self.store.generation > snap.generation + 1:
+                    raise _RowsPurged  # a row of this generation was purged by the one after the next
                 continue
             chunk_scores = row.chunks.astype(np.float32) @ q
             best = int(np.argmax(chunk_scores))
@@ -323,6 +348,14 @@ class StemIndex:
                 duration=float(row.duration), analysis=analysis,
                 compatibility=None if mix is None or analysis is None else compatibility(mix, analysis)))
         return results
+
+
+def _mix_name(mix, i: int) -> str:
+    return mix.name if isinstance(mix, Mix) else str(mix) if isinstance(mix, (str, Path)) else f"mix {i + 1}"
+
+
+class _RowsPurged(Exception):
+    """A row of the searched generation left index.sqlite meanwhile (rows removed at G + 1 are purged at G + 2)."""
 
 
 def _check_rank(rank) -> None:

@@ -4,7 +4,8 @@ Every file row carries `gen_added` and `gen_removed`. An `index` run works on ge
 new rows with gen_added = N and marks replaced/deleted rows with gen_removed = N, committing after every batch, so a
 killed run loses at most one batch. Readers only look at the committed generation G (rows with gen_added <= G and
 gen_removed NULL or > G) through the snapshot files of G, so they never see half an update. The run ends by writing
-the snapshot files of N and committing `generation = N` in one transaction, which is the moment the update appears.
+the snapshot files of N (snapshot.py: a new shard and a tombstone list, or a compacted snapshot) and committing
+`generation = N` with the record of its manifest in one transaction, which is the moment the update appears.
 SQLite runs in WAL mode so that queries read while an update writes.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ..errors import StemJepaError
 from ..fsutil import WriteError
 from .walk import FileInfo
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sharded snapshots with a manifest (snapshot.py); 1 (one snapshot per generation) is read,
+# and migrated by the next `index` run; a stemjepa that reads only format 1 refuses format 2 instead of missing shards
 DB_NAME = "index.sqlite"
 LOCK_NAME = "index.lock"
 
@@ -51,10 +53,15 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_path ON files(path);
 CREATE INDEX IF NOT EXISTS files_checksum ON files(checksum);
 CREATE INDEX IF NOT EXISTS files_gen ON files(gen_added, gen_removed);
+CREATE INDEX IF NOT EXISTS files_removed ON files(gen_removed);  -- an update's tombstones, without a table scan
+-- what every `index` run reads of every row (live_stats, pending_stats: path, size, mtime, checksum), read from this
+-- index alone (~100 bytes a row) instead of the table, whose rows hold the vectors (a page or more each)
+CREATE INDEX IF NOT EXISTS files_stat ON files(gen_added, gen_removed, path, size, mtime_ns, checksum);
 """
 # columns added after format 1 was released: nullable, so older readers (SELECT *) and writers (named INSERT) still work
 # on a newer index, and an older index gets them when a writer opens it (the next `index` run analyses its rows)
 ADDED_COLUMNS = {"analysis": "TEXT", "analysis_version": "INTEGER", "bpm": "REAL", "key_name": "TEXT"}
+ANALYSIS_CHECKED = "analysis_checked"  # info: {"version", "through_id"}: rows up to that id are analysed by that version
 
 
 class StemIndexError(StemJepaError):
@@ -189,9 +196,11 @@ def _stats(rows) -> dict[str, FileStat]:
 class MetaStore:
     """SQLite file of one index folder. Writers open it with `create=True`; readers must find a finished index."""
 
+    db_name = DB_NAME  # a shard's part (parts.py) keeps its rows in the same schema under another name
+
     def __init__(self, folder, create: bool = False):
         self.folder = Path(folder)
-        self.db_path = self.folder / DB_NAME
+        self.db_path = self.folder / self.db_name
         if not create:
             check_index_folder(self.folder)
         self.writer = create
@@ -219,8 +228,9 @@ class MetaStore:
         conn.executescript(_SCHEMA)
         have = {r["name"] for r in conn.execute("PRAGMA table_info(files)")}
         for name, kind in ADDED_COLUMNS.items():
-            if name not in have:  # an index written before the column existed
+            if name not in have:  # an index written before the column existed: no row of it is analysed
                 conn.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
+                conn.execute("DELETE FROM info WHERE key = ?", (ANALYSIS_CHECKED,))
         return conn
 
     def _connect_readonly(self) -> sqlite3.Connection:
@@ -289,6 +299,9 @@ class MetaStore:
     def set(self, key: str, value) -> None:
         self.conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
+    def unset(self, key: str) -> None:
+        self.conn.execute("DELETE FROM info WHERE key = ?", (key,))
+
     def info(self) -> dict:
         return {k: self._value(k, v) for k, v in self.conn.execute("SELECT key, value FROM info")}
 
@@ -356,11 +369,16 @@ class MetaStore:
         not start a new generation)."""
         self.set("analysis_epoch", int(self.get("analysis_epoch", 0)) + 1)
 
-    def stale_analysis(self, generation: int, version: int) -> list[tuple[int, str]]:
-        """(id, path) of the rows visible at `generation` that were never analysed, or by another ANALYSIS_VERSION."""
-        q = ("SELECT id, path FROM files WHERE gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?) AND "
-             "(analysis_version IS NULL OR analysis_version != ?) ORDER BY id")
-        return [(int(r[0]), r[1]) for r in self.conn.execute(q, (generation, generation, int(version)))]
+    def stale_analysis(self, generation: int, version: int, after_id: int = 0) -> list[tuple[int, str]]:
+        """(id, path) of the rows visible at `generation` that were never analysed, or by another ANALYSIS_VERSION,
+        among those whose id is above `after_id` (a range of the primary key: the rows added since the last check,
+        `ANALYSIS_CHECKED`, not the whole table of vectors)."""
+        q = ("SELECT id, path FROM files WHERE id > ? AND gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?) "
+             "AND (analysis_version IS NULL OR analysis_version != ?) ORDER BY id")
+        return [(int(r[0]), r[1]) for r in self.conn.execute(q, (int(after_id), generation, generation, int(version)))]
+
+    def max_id(self) -> int:
+        return int(self.conn.execute("SELECT MAX(id) FROM files").fetchone()[0] or 0)
 
     def analysis_columns(self, generation: int) -> AnalysisColumns:
         """Tempo and key of every row visible at `generation` (all rows unanalysed in an index without the columns)."""
@@ -396,11 +414,23 @@ class MetaStore:
         """New mtime_ns of rows whose file was touched but holds the same bytes (id -> mtime_ns)."""
         self.conn.executemany("UPDATE files SET mtime_ns = ? WHERE id = ?", [(m, i) for i, m in mtimes.items()])
 
-    def visible_vectors(self, generation: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 ascending, vectors float32 (n, dim)) of the rows visible at `generation`."""
-        q = ("SELECT id, vector FROM files WHERE gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?) "
-             "ORDER BY id")
+    def count_visible(self, generation: int) -> int:
+        """How many rows are visible at `generation` (read from the files_gen index, not the rows)."""
+        q = "SELECT COUNT(*) FROM files WHERE gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?)"
+        return int(self.conn.execute(q, (generation, generation)).fetchone()[0])
+
+    def removed_at(self, generation: int) -> np.ndarray:
+        """Ids (ascending) of the rows of earlier generations that leave the library at `generation`."""
+        q = "SELECT id FROM files WHERE gen_removed = ? AND gen_added < ? ORDER BY id"
         rows = self.conn.execute(q, (generation, generation)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def visible_vectors(self, generation: int, dim: int, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 ascending, vectors float32 (n, dim)) of the rows visible at `generation` whose id is above
+        `after_id` (a range of the primary key: an update reads only the rows it adds)."""
+        q = ("SELECT id, vector FROM files WHERE id > ? AND gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?) "
+             "ORDER BY id")
+        rows = self.conn.execute(q, (int(after_id), generation, generation)).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vectors = np.empty((len(rows), dim), np.float32)
         for i, r in enumerate(rows):

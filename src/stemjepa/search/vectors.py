@@ -12,6 +12,10 @@
 On unit vectors ranking by L2 distance equals ranking by inner product, so the approximate indexes use FAISS's L2
 code paths (the most tuned) and scores are converted back: ip = 1 - d2 / 2.
 Parameters (nlist, nprobe, ...) are chosen from the library size here and saved with the index.
+A snapshot made of several shards (snapshot.py) is searched as one: its rows are a RowStack (positions run on from
+shard to shard), the ivfpq lists of its shards are merged into one index at load, an hnsw graph is searched per shard,
+and tombstoned rows (`dead`) are never returned: masked in exact scans, removed from the merged ivfpq lists, and
+skipped by an IDSelector in hnsw graphs.
 """
 from __future__ import annotations
 
@@ -110,12 +114,12 @@ def build_ann(kind: str, vectors: np.ndarray, params: dict, previous=None, seed:
     if kind == "exact" or n == 0:
         return None
     if kind == "ivfpq":
-        if n < MIN_IVFPQ_VECTORS:
-            raise ValueError(f"ivfpq needs at least {MIN_IVFPQ_VECTORS} vectors, got {n}")
         if previous is not None and _same_ivfpq(previous, d, params):
-            index = previous
+            index = previous  # trained: a shard of any size is encoded with the same quantisers
             index.reset()
         else:
+            if n < MIN_IVFPQ_VECTORS:
+                raise ValueError(f"ivfpq needs at least {MIN_IVFPQ_VECTORS} vectors, got {n}")
             quantizer = faiss.IndexFlatL2(d)
             index = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["m"], params["nbits"])
             _quiet(index.cp)
@@ -192,21 +196,101 @@ def fast_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+class RowStack:
+    """The rows of several (n_i, d) arrays (memory-mapped shards) read as one (sum n_i, d) array: what a sharded
+    snapshot searches. Supports what the searchers use: len, shape, dtype, a slice of rows, an array of positions."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        if not parts:
+            raise ValueError("a RowStack needs at least one part")
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+        self.shape = (int(self.starts[-1]), int(parts[0].shape[1]))
+        self.dtype = parts[0].dtype
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(p.nbytes) for p in self.parts)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            first = int(np.searchsorted(self.starts, start, side="right")) - 1
+            pieces = []
+            i = max(first, 0)
+            while i < len(self.parts) and self.starts[i] < stop:
+                a, b = max(start, self.starts[i]) - self.starts[i], min(stop, self.starts[i + 1]) - self.starts[i]
+                if b > a:
+                    pieces.append(self.parts[i][a:b])
+                i += 1
+            if len(pieces) == 1:
+                return pieces[0]
+            return np.concatenate(pieces) if pieces else np.zeros((0, self.shape[1]), self.dtype)
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        if idx.ndim == 0:
+            i = int(idx) + self.shape[0] if int(idx) < 0 else int(idx)
+            part = int(np.searchsorted(self.starts, i, side="right")) - 1
+            return self.parts[part][i - self.starts[part]]
+        flat = idx.reshape(-1).astype(np.int64)
+        flat = np.where(flat < 0, flat + self.shape[0], flat)
+        out = np.empty((len(flat), self.shape[1]), self.dtype)
+        part_of = np.searchsorted(self.starts, flat, side="right") - 1
+        for part in np.unique(part_of):
+            sel = part_of == part
+            out[sel] = self.parts[part][flat[sel] - self.starts[part]]
+        return out.reshape(idx.shape + (self.shape[1],))
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate([np.asarray(p) for p in self.parts])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def stack_rows(parts: list[np.ndarray]):
+    """One part as is (a compacted snapshot: no indirection), several as a RowStack."""
+    return parts[0] if len(parts) == 1 else RowStack(parts)
+
+
+def merge_ivf(parts: list[tuple[int, object]]):
+    """One ivfpq index over the (offset, index) shards (each numbered from 0, trained with the same quantisers): the
+    lists of the later shards are moved into the first, their ids shifted to the rows' positions."""
+    base = parts[0][1]
+    if parts[0][0] != 0:
+        raise ValueError("the first shard starts at row 0")
+    for offset, index in parts[1:]:
+        base.merge_from(index, int(offset))
+    return base
+
+
 class VectorSearcher:
-    """Top-k search over one snapshot: `vectors` (n, d) unit rows (may be memory-mapped) and the kind's FAISS index.
+    """Top-k search over one snapshot: `vectors` (n, d) unit rows (may be memory-mapped, or a RowStack of shards) and
+    the kind's FAISS index (hnsw: one index, or (offset, index) per shard).
 
     `screen` (optional, exact only): the same rows in bfloat16 (int16 bits, see bf16_bits). Exact search then scores
     all rows in bfloat16 (2-3x faster than float32 where the CPU has bf16 instructions, half the memory traffic) and
     re-scores in float32 every row that could be in the top k given the bf16 error bound: the result is still exact.
+    `dead` (optional): boolean mask of the rows that are tombstoned (removed from the library, still in a shard):
+    never returned. For ivfpq they must already be removed from `ann` (merge_ivf + remove_ids, as snapshot.py does).
     """
 
-    def __init__(self, kind: str, params: dict, vectors: np.ndarray, ann=None, screen: np.ndarray | None = None):
+    def __init__(self, kind: str, params: dict, vectors: np.ndarray, ann=None, screen: np.ndarray | None = None,
+                 dead: np.ndarray | None = None):
         faiss = import_faiss()
         self.kind = kind
         self.params = dict(params)
         self.vectors = vectors
         self.n, self.d = vectors.shape
+        self.dead = dead if dead is not None and dead.any() else None
+        self.n_live = self.n - (0 if self.dead is None else int(self.dead.sum()))
         self.screen = screen if screen is not None and len(screen) == self.n and fast_bf16() else None
+        self._live_bits = None
         if kind == "exact" or self.n == 0:
             self.kind = "exact"
             self.ann = None
@@ -217,26 +301,60 @@ class VectorSearcher:
             if kind == "ivfpq":
                 faiss.extract_index_ivf(ann).nprobe = int(params["nprobe"])
             elif kind == "hnsw":
-                ann.hnsw.efSearch = int(params["ef_search"])
+                if not isinstance(ann, list):
+                    self.ann = [(0, ann)]
+                if self.dead is not None:  # per shard: bit i set = row offset + i may be returned
+                    self._live_bits = [np.packbits(~self.dead[o:o + ix.ntotal], bitorder="little")
+                                       for o, ix in self.ann]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, positions), each (q, k'), k' = min(k, n), best first; scores are inner products (cosines)."""
+        """(scores, positions), each (q, k'), k' = min(k, live rows), best first; scores are inner products (cosines)."""
         q = normalize(np.atleast_2d(queries))
         if q.shape[1] != self.d:
             raise ValueError(f"query vectors have dimension {q.shape[1]}, the index {self.d}")
-        k = min(int(k), self.n)
+        k = min(int(k), self.n_live)
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if self.kind == "exact":
             return self._screened(q, k) if self.screen is not None else self._flat(q, k)
         if self.kind == "hnsw":
-            self.ann.hnsw.efSearch = max(int(self.params["ef_search"]), k)
-            d2, pos = self.ann.search(q, k)
-            return (1.0 - d2 / 2.0).astype(np.float32), pos.astype(np.int64)
+            return self._hnsw(q, k)
         # ivfpq: approximate candidates, exact re-ranking from the stored vectors
         kc = min(self.n, max(k, int(self.params["candidates"])))
         _, cand = self.ann.search(q, kc)
         return self._rerank(q, cand, k)
+
+    def _hnsw(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each shard's graph, tombstoned rows skipped by a selector, then the best k of all shards."""
+        faiss = import_faiss()
+        ef = max(int(self.params["ef_search"]), k)
+        all_d, all_p = [], []
+        for i, (offset, index) in enumerate(self.ann):
+            n_s = index.ntotal
+            kk = min(k, n_s)
+            if kk <= 0:
+                continue
+            if self._live_bits is None:
+                index.hnsw.efSearch = ef
+                d2, pos = index.search(q, kk)
+            else:
+                live = self._live_bits[i]  # referenced while the selector is used
+                params = faiss.SearchParametersHNSW()
+                params.efSearch = ef
+                params.sel = faiss.IDSelectorBitmap(n_s, faiss.swig_ptr(live))
+                d2, pos = index.search(q, kk, params=params)
+            all_d.append(np.where(pos >= 0, d2, np.inf))
+            all_p.append(np.where(pos >= 0, pos + offset, -1))
+        d2, pos = np.concatenate(all_d, axis=1), np.concatenate(all_p, axis=1)
+        order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+        d2, pos = np.take_along_axis(d2, order, axis=1), np.take_along_axis(pos, order, axis=1).astype(np.int64)
+        scores = np.where(pos >= 0, 1.0 - d2 / 2.0, -np.inf).astype(np.float32)
+        return scores, pos
+
+    def _mask_dead(self, scores: np.ndarray, start: int, stop: int) -> np.ndarray:
+        if self.dead is not None:
+            scores[:, self.dead[start:stop]] = -np.inf
+        return scores
 
     @staticmethod
     def _blockwise_topk(n: int, k: int, score_block, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +378,8 @@ class VectorSearcher:
     def _flat(self, q: np.ndarray, k: int, block: int = 131072) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k by float32 inner product, a block of rows at a time (BLAS speed, bounded memory)."""
         s, p = self._blockwise_topk(
-            self.n, k, lambda a, b: q @ np.asarray(self.vectors[a:b], dtype=np.float32).T, block)
+            self.n, k, lambda a, b: self._mask_dead(q @ np.asarray(self.vectors[a:b], dtype=np.float32).T, a, b),
+            block)
         order = np.argsort(-s, axis=1, kind="stable")
         return np.take_along_axis(s, order, axis=1), np.take_along_axis(p, order, axis=1)
 
@@ -276,7 +395,7 @@ class VectorSearcher:
             with warnings.catch_warnings():  # read-only memory map: torch only reads it
                 warnings.simplefilter("ignore", UserWarning)
                 rows = torch.from_numpy(np.asarray(screen[a:b])).view(torch.bfloat16)
-            return (qb @ rows.T).float().numpy()
+            return self._mask_dead((qb @ rows.T).float().numpy(), a, b)
 
         s, cand = self._blockwise_topk(self.n, kc, score, block)
         if kc < self.n:
@@ -293,6 +412,8 @@ class VectorSearcher:
         scores = np.full(cand.shape, -np.inf, np.float32)
         for i in range(len(q)):
             valid = cand[i] >= 0
+            if self.dead is not None:
+                valid &= ~self.dead[np.maximum(cand[i], 0)]
             rows = cand[i][valid]
             order = np.argsort(rows)  # sorted reads from the memory-mapped file
             vecs = np.asarray(self.vectors[rows[order]], dtype=np.float32)

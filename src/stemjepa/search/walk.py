@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,10 @@ def stat_file(path) -> FileInfo | None:
     return FileInfo(str(path), st.st_size, st.st_mtime_ns)
 
 
-def walk_audio(root, exclude: list[Path] | None = None) -> tuple[list[FileInfo], list[tuple[str, str]]]:
+def walk_audio(root, exclude: list[Path] | None = None,
+               select: Callable[[str], bool] | None = None) -> tuple[list[FileInfo], list[tuple[str, str]]]:
     """All audio files under `root` (sorted, hidden files and folders skipped, symlinked folders not followed).
+    `select(relative path)`, when given, keeps a file before it is stat'ed (a shard stats only its own files).
 
     Returns (files, errors) where errors are (path, problem) for folders or files that could not be read; a batch job
     reports them and carries on. Folders in `exclude` (e.g. the index being written inside the library) are skipped.
@@ -65,6 +68,8 @@ def walk_audio(root, exclude: list[Path] | None = None) -> tuple[list[FileInfo],
             if not is_audio_file(name):
                 continue
             path = here / name
+            if select is not None and not select(os.path.relpath(path, root)):
+                continue
             try:
                 st = path.stat()
             except OSError as exc:

@@ -6,24 +6,21 @@ import math
 import lightning as L
 import torch
 
-from ..config import TrainConfig, to_dict
+from ..config import TrainConfig, resolve_config, to_dict
 from ..data.sampling import mix_context
 from ..models.checkpoint import FORMAT_VERSION
 from ..models.diagnostics import embedding_stats, in_batch_top1
 from ..models.ema import ema_tau, ema_update
 from ..models.losses import info_nce, jepa_loss
 from ..models.stemjepa import StemJEPA
-from ..models.text_encoders import text_dim
 from .schedule import lr_factor, scaled_lr
 
 
 class StemJEPAModule(L.LightningModule):
     def __init__(self, cfg: TrainConfig, labels: list[str] | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = resolve_config(cfg)  # what every checkpoint saves; `fit` passes it resolved already
         cond = cfg.model.conditioning
-        if cfg.phase == 2 and cond.kind == "text" and cond.text_dim is None:  # recorded in the config the checkpoint saves,
-            cond.text_dim = text_dim(cond.text_backend, cond.clap_model)  # so loading it needs no text encoder
         self.model = StemJEPA(cfg.model, cfg.phase)
         if cfg.phase == 1:
             with torch.no_grad():

@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import StemJepaError
@@ -63,7 +64,14 @@ def steps_reached(run: Path) -> int | None:
 
 
 def init_identity(init: Path) -> str:
-    """What names an init checkpoint: the settings digest of the stage that wrote it, else its size and time."""
+    """What names an init: the settings digest of the stage that wrote it, else its size and time; a built-in model
+    by its versioned name (an alias such as 'default' moves to newer models)."""
+    if not init.exists():
+        from ..models.registry import canonical_name
+
+        name = canonical_name(str(init))
+        if name:
+            return f"builtin:{name}"
     stage = _read(init.parent.parent / "stage.json") if init.parent.name == "checkpoints" else None
     if stage and stage.get("digest"):
         return f"stage:{stage['digest']}"
@@ -74,17 +82,32 @@ def init_identity(init: Path) -> str:
     return f"file:{st.st_size}:{int(st.st_mtime)}"
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """How a stage is run, none of it a setting of the run: the device, a time box (`max_minutes`: training stops early,
+    the run stays the same one unless `extra` names it), a progress bar, and where messages go."""
+
+    device: str = "auto"
+    max_minutes: float | None = None
+    progress: bool = False
+    log: Callable[[str], object] = print
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(StageRun))
+
+
 def train_stage(run: Path, config: str, overrides: list[str], data: Path, init: Path | None = None, *,
-                device: str = "auto", max_minutes: float | None = None, progress: bool = False, extra: dict | None = None,
-                log=print, **fit_options) -> Stage:
+                extra: dict | None = None, how: StageRun | None = None, **options) -> Stage:
     """Train `config` with `overrides` on `data` into `run` (initialised from `init`), or reuse / resume it (see the module
     docstring). `extra`: further settings that make a run another one (e.g. a time box, the phase-1 run it builds on);
-    `max_minutes` stops the training early without being a setting unless `extra` names it; `fit_options` go to FitOptions
+    `how` (or its fields as keywords: device, max_minutes, progress, log): how it runs; other keywords go to FitOptions
     (e.g. devices)."""
-    from ..config import load_config, to_dict
+    from ..config import load_config
     from .fit import FitOptions, fit
     from .rundir import last_logged
 
+    how = replace(how or StageRun(), **{k: options.pop(k) for k in _RUN_FIELDS if k in options})
+    device, log = how.device, how.log
     run = Path(run)
     cfg = load_config(config, list(overrides))
     spec = {"config": config, "overrides": list(overrides), "data": str(data), **(extra or {}),
@@ -106,9 +129,9 @@ def train_stage(run: Path, config: str, overrides: list[str], data: Path, init: 
     run.parent.mkdir(parents=True, exist_ok=True)
     _write(started, {"spec": spec, "seconds": before})
     t0, load0 = time.time(), os.getloadavg()[0]
-    left = max(1.0, max_minutes * 60 - before) if max_minutes else None
+    left = max(1.0, how.max_minutes * 60 - before) if how.max_minutes else None
     opts = FitOptions(data=str(data), out=str(run), init=None if resume or not init else str(init), device=device,
-                      progress=progress, overwrite=not resume, resume=resume, max_time=left, **fit_options)
+                      progress=how.progress, overwrite=not resume, resume=resume, max_time=left, **options)
     try:
         last = fit(cfg, opts)
     finally:
@@ -117,7 +140,8 @@ def train_stage(run: Path, config: str, overrides: list[str], data: Path, init: 
               "resumed": resume, "steps_reached": steps_reached(run),
               "last_logged": {k: round(v, 4) for k, v in last_logged(run).items()},
               "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
-              "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr, "config_resolved": to_dict(cfg)}
+              "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr,
+              "config_resolved": _read(run / "config.json")}  # the trained config, as `fit` saved it
     _write(run / "stage.json", record)
     log(f"{run.name}: {record['seconds']:.0f} s, {record['steps_reached']} steps, last logged {record['last_logged']}")
     return Stage(last, record, False)

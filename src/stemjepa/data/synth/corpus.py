@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -222,25 +222,41 @@ def _render_kit(part: Part, midi, trims: dict[str, float], n: int, sr: int, sf2:
     return out
 
 
-def _write_song(index: int, settings: Settings, folder: Path) -> None:
-    from ...audio.io import save_audio
+@dataclass
+class _Song:
+    """A rendered song before it is written: its plan, the parts that sounded, their audio, gains and effect chains."""
 
-    sr, seconds = settings.sample_rate, settings.seconds
-    n = int(round(seconds * sr))
-    full = settings.production == "full"
+    plan: SongPlan
+    parts: list[Part]
+    stems: list[np.ndarray]
+    gains_db: list[float]
+    chains: list
+    feels: dict | None = None  # production "full": the player of each mixing group
+    production: dict | None = None  # production "full": the song's production record
+
+
+def _play(index: int, settings: Settings) -> tuple[SongPlan, list[Part], list, dict | None, np.random.Generator]:
+    """Compose song `index` and play every part as MIDI (with a feel per mixing group in production "full"); the
+    generator continues for rendering and mixing. The draws' order is the corpus's: changing it changes every song."""
+    seconds = settings.seconds
     plan, parts, rng = compose(settings.seed, index, seconds, settings.exclude, settings.require, settings.production)
-    _, own_seed = song_rng(settings.seed, index)
-    sf2 = Path(settings.soundfont)
-    if full:
-        from .production import draw_feel
+    if settings.production != "full":
+        return plan, parts, [to_midi(part, plan, rng, seconds) for part in parts], None, rng
+    from .production import draw_feel
 
-        feels: dict = {}                       # one player per mixing group: a split kit is one drummer
-        for part in parts:
-            if part.group not in feels:
-                feels[part.group] = draw_feel(part, plan, rng)
-        midis = [to_midi(part, plan, rng, seconds, feels[part.group]) for part in parts]
-    else:
-        midis = [to_midi(part, plan, rng, seconds) for part in parts]
+    feels: dict = {}                       # one player per mixing group: a split kit is one drummer
+    for part in parts:
+        if part.group not in feels:
+            feels[part.group] = draw_feel(part, plan, rng)
+    return plan, parts, [to_midi(part, plan, rng, seconds, feels[part.group]) for part in parts], feels, rng
+
+
+def _render(index: int, settings: Settings) -> _Song:
+    """Song `index` rendered (FluidSynth), silent parts dropped, then mixed (or produced)."""
+    sr = settings.sample_rate
+    n = int(round(settings.seconds * sr))
+    plan, parts, midis, feels, rng = _play(index, settings)
+    sf2 = Path(settings.soundfont)
     trims = {c.name: KIT_TRIM_DB[c.name] + float(rng.normal(0, 1.5)) for c in KIT_PARTS}
     stems, kept = [], []
     for part, midi in zip(parts, midis):
@@ -257,33 +273,46 @@ def _write_song(index: int, settings: Settings, folder: Path) -> None:
         kept.append(part)
     if not stems:
         raise DataError(f"song {index}: no part produced sound")
-    chains: list = [None] * len(stems)
-    if full:
-        from .production import produce
-
-        stems, _, gains_db, chains, song_production = produce(stems, kept, rng, sr, plan)
-    else:
+    if feels is None:
         stems, gains_db = mix_stems(stems, kept, rng, sr)
+        return _Song(plan, kept, stems, gains_db, [None] * len(stems))
+    from .production import produce
 
-    staging = Path(settings.out_dir) / STAGING / folder.name
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    song_meta = {
+    stems, _, gains_db, chains, song_production = produce(stems, kept, rng, sr, plan)
+    return _Song(plan, kept, stems, gains_db, chains, feels, song_production)
+
+
+def _song_meta(song: _Song, index: int, settings: Settings) -> dict:
+    """The song's metadata (tempo, key, meter, beats, sections, chords...: the ground truth of what was rendered)."""
+    plan, seconds = song.plan, settings.seconds
+    meta = {
         "tempo": plan.tempo, "key": plan.key, "meter": plan.meter, "beats": plan.beats(), "downbeats": plan.downbeats(),
-        "seconds": seconds, "seed": own_seed, "corpus_seed": settings.seed, "index": index, "style": plan.groove.style,
-        "swing": plan.swing,
+        "seconds": seconds, "seed": song_rng(settings.seed, index)[1], "corpus_seed": settings.seed, "index": index,
+        "style": plan.groove.style, "swing": plan.swing,
         "sections": [[round(plan.time(b.index * plan.meter), 4), b.section] for b in plan.bars
                      if b.first_in_section and plan.time(b.index * plan.meter) < seconds],
         "chords": [[round(plan.time(b.index * plan.meter + s), 4), c.name] for b in plan.bars for s, _, c in b.chords
                    if plan.time(b.index * plan.meter + s) < seconds],
-        "sample_rate": sr, "generator": f"stemjepa synth v{GENERATOR_VERSION}",
+        "sample_rate": settings.sample_rate, "generator": f"stemjepa synth v{GENERATOR_VERSION}",
     }
-    if full:   # default metadata is unchanged; tempo/key/meter above are the ground truth of what was rendered
-        song_meta.update(production="full", feels={p.group: vars(feels[p.group]) for p in kept},
-                         **song_production)
+    if song.feels is not None:   # default metadata is unchanged
+        meta.update(production="full", feels={p.group: vars(song.feels[p.group]) for p in song.parts},
+                    **song.production)
+    return meta
+
+
+def _write_song(index: int, settings: Settings, folder: Path) -> None:
+    """Render song `index` and write it into `folder`, through a staging folder moved into place once complete."""
+    from ...audio.io import save_audio
+
+    song = _render(index, settings)
+    staging = Path(settings.out_dir) / STAGING / folder.name
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    song_meta = _song_meta(song, index, settings)
     entries = []
-    for audio, part, gain, chain in zip(stems, kept, gains_db, chains):
+    for audio, part, gain, chain in zip(song.stems, song.parts, song.gains_db, song.chains):
         inst = part.instrument
         entries.append({"name": _slug(inst.name), "labels": list(inst.labels), "program": part.program,
                         "is_drum": part.is_drum, "role": part.role, "gain_db": round(gain, 2),
@@ -292,7 +321,7 @@ def _write_song(index: int, settings: Settings, folder: Path) -> None:
         _write_moises(staging, folder.name, index, settings, entries, song_meta, save_audio)
     else:
         for e in entries:
-            save_audio(staging / f"{e['name']}.wav", e.pop("audio"), sr)
+            save_audio(staging / f"{e['name']}.wav", e.pop("audio"), settings.sample_rate)
             e["file"] = f"{e['name']}.wav"
             e.pop("moises")
         keys = ("file", "name", "labels", "program", "is_drum", "role", "gain_db", "production")
@@ -348,91 +377,117 @@ def _check_out_dir(out: Path, marker: dict) -> None:
     atomic_write_text(path, json.dumps(marker, indent=1))
 
 
-def synthesize_corpus(out_dir, n_songs: int, seconds: float = 30.0, seed: int = 0, jobs: int = 1, exclude=(),
-                      require=(), layout: str = "folder", soundfont=None, sample_rate: int = SAMPLE_RATE,
-                      progress: bool = True, summary: dict | None = None, production: str = "none") -> list[Path]:
-    """Write `n_songs` synthetic multitrack songs to `out_dir` and return their folders (in song order).
+@dataclass(frozen=True)
+class SynthOptions:
+    """What a corpus is (recorded in its marker: one folder never mixes two settings). `exclude`: instruments or
+    categories (any level of a label path, case-insensitive) kept out of every song; `require`: every song contains at
+    least one instrument matching one of these; `production`: "none" (dry parts on the grid in one room) or "full" (see
+    `production.py`: a feel per part, an effect chain per stem, wider genres, meters and tempos; needs
+    `pip install stemjepa[effects]`)."""
 
-    `exclude`: instruments or categories (any level of a label path, case-insensitive) kept out of every song;
-    `require`: every song contains at least one instrument matching one of these names. Songs already complete in
-    `out_dir` are kept, not re-rendered. Songs that fail are reported (in `summary["failed"]`) and skipped.
-    `production`: "none" (dry parts on the grid in one room, the default) or "full" (see `production.py`: a feel per
-    part, an effect chain per stem, wider genres, meters and tempos; needs `pip install stemjepa[effects]`). It is
-    recorded in the corpus marker and the songs' metadata; one folder never mixes two settings.
-    """
-    from tqdm import tqdm
+    seconds: float = 30.0
+    seed: int = 0
+    exclude: tuple[str, ...] = ()
+    require: tuple[str, ...] = ()
+    layout: str = "folder"
+    soundfont: str | Path | None = None  # None: TimGM6mb shipped with pretty_midi
+    sample_rate: int = SAMPLE_RATE
+    production: str = "none"
 
+
+def _check_options(n_songs: int, opts: SynthOptions) -> tuple[tuple[str, ...], tuple[str, ...], Path]:
+    """One-line errors for bad settings, before any folder is made; returns (exclude, require, soundfont file)."""
     if n_songs < 1:
         raise ConfigError(f"--songs must be at least 1 (got {n_songs})")
-    if not (1.0 <= seconds <= 3600):
-        raise ConfigError(f"--seconds must be between 1 and 3600 (got {seconds})")
-    if seed < 0:
-        raise ConfigError(f"--seed must be a non-negative integer (got {seed})")
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if not (8000 <= sample_rate <= 96000):
-        raise ConfigError(f"--sample-rate must be between 8000 and 96000 Hz (got {sample_rate})")
+    if not (1.0 <= opts.seconds <= 3600):
+        raise ConfigError(f"--seconds must be between 1 and 3600 (got {opts.seconds})")
+    if opts.seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer (got {opts.seed})")
+    if opts.layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {opts.layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if not (8000 <= opts.sample_rate <= 96000):
+        raise ConfigError(f"--sample-rate must be between 8000 and 96000 Hz (got {opts.sample_rate})")
     from .production import PRODUCTIONS, require_pedalboard
 
-    if production not in PRODUCTIONS:
-        raise ConfigError(f"unknown production {production!r}; choose one of {', '.join(PRODUCTIONS)}")
-    if production == "full":
+    if opts.production not in PRODUCTIONS:
+        raise ConfigError(f"unknown production {opts.production!r}; choose one of {', '.join(PRODUCTIONS)}")
+    if opts.production == "full":
         require_pedalboard()   # fail early, with the install hint, before any folder is made
-    exclude = tuple(check_names(exclude, "--exclude-instruments"))
-    require = tuple(check_names(require, "--require-instruments"))
+    exclude = tuple(check_names(opts.exclude, "--exclude-instruments"))
+    require = tuple(check_names(opts.require, "--require-instruments"))
     from .palette import instruments
 
     if require and not instruments(exclude, require):
         raise ConfigError(f"every instrument matching {list(require)} is excluded by {list(exclude)}")
     if not instruments(exclude):
         raise ConfigError("every instrument of the palette is excluded")
-    sf2 = resolve_soundfont(soundfont)
+    sf2 = resolve_soundfont(opts.soundfont)
     from .render import _fluidsynth
 
     _fluidsynth()  # fail early, with a clear message, when FluidSynth is missing
-    out = Path(out_dir)
-    marker = {"generator": "stemjepa synth", "version": GENERATOR_VERSION, "seed": int(seed), "seconds": float(seconds),
-              "sample_rate": int(sample_rate), "layout": layout, "exclude": sorted(x.lower() for x in exclude),
-              "require": sorted(x.lower() for x in require), "soundfont": f"{sf2.name} ({sf2.stat().st_size} bytes)"}
-    if production != "none":
-        marker["production"] = production    # absent for "none": default corpora keep their marker byte for byte
-    _check_out_dir(out, marker)
-    settings = Settings(str(out), float(seconds), int(seed), exclude, require, layout, str(sf2), int(sample_rate),
-                        production)
+    return exclude, require, sf2
 
-    folders = [song_folder(settings, i) for i in range(n_songs)]
-    todo = [i for i in range(n_songs) if not is_complete(folders[i], layout)]
-    kept = n_songs - len(todo)
+
+def _render_songs(todo: list[int], settings: Settings, jobs: int, bar) -> list[tuple[int, str]]:
+    """Render the songs `todo` (in `jobs` processes); returns the (index, reason) of those that failed."""
     failed: list[tuple[int, str]] = []
+    if jobs <= 1 or len(todo) <= 1:
+        results = (render_song(i, settings) for i in todo)
+        for index, status, msg in results:
+            if status == "failed":
+                failed.append((index, msg))
+            bar.update(1)
+        return failed
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(render_song, i, settings) for i in todo]
+        for fut in as_completed(futures):
+            index, status, msg = fut.result()
+            if status == "failed":
+                failed.append((index, msg))
+            bar.update(1)
+    return failed
+
+
+def synthesize_corpus(out_dir, n_songs: int, seconds: float | None = None, *, options: SynthOptions | None = None,
+                      jobs: int = 1, progress: bool = True, summary: dict | None = None, **option_values) -> list[Path]:
+    """Write `n_songs` synthetic multitrack songs to `out_dir` and return their folders (in song order).
+
+    What the corpus is: `options` (SynthOptions), or its fields as keywords (seconds, seed, exclude, require, layout,
+    soundfont, sample_rate, production). Songs already complete in `out_dir` are kept, not re-rendered; songs that fail
+    are reported (in `summary["failed"]`) and skipped.
+    """
+    from tqdm import tqdm
+
+    opts = replace(options or SynthOptions(), **option_values, **({} if seconds is None else {"seconds": seconds}))
+    exclude, require, sf2 = _check_options(n_songs, opts)
+    out = Path(out_dir)
+    marker = {"generator": "stemjepa synth", "version": GENERATOR_VERSION, "seed": int(opts.seed),
+              "seconds": float(opts.seconds), "sample_rate": int(opts.sample_rate), "layout": opts.layout,
+              "exclude": sorted(x.lower() for x in exclude), "require": sorted(x.lower() for x in require),
+              "soundfont": f"{sf2.name} ({sf2.stat().st_size} bytes)"}
+    if opts.production != "none":
+        marker["production"] = opts.production    # absent for "none": default corpora keep their marker byte for byte
+    _check_out_dir(out, marker)
+    run = Settings(str(out), float(opts.seconds), int(opts.seed), exclude, require, opts.layout, str(sf2),
+                   int(opts.sample_rate), opts.production)
+    folders = [song_folder(run, i) for i in range(n_songs)]
+    todo = [i for i in range(n_songs) if not is_complete(folders[i], opts.layout)]
+    kept = n_songs - len(todo)
     t0 = time.time()
     bar = tqdm(total=n_songs, initial=kept, unit="song", desc="synth", disable=not progress)
     try:
-        if jobs <= 1 or len(todo) <= 1:
-            results = (render_song(i, settings) for i in todo)
-            for index, status, msg in results:
-                if status == "failed":
-                    failed.append((index, msg))
-                bar.update(1)
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(render_song, i, settings) for i in todo]
-                for fut in as_completed(futures):
-                    index, status, msg = fut.result()
-                    if status == "failed":
-                        failed.append((index, msg))
-                    bar.update(1)
+        failed = sorted(_render_songs(todo, run, jobs, bar))
     finally:
         bar.close()
         staging = out / STAGING
         if staging.is_dir() and not any(staging.iterdir()):
             staging.rmdir()
-    failed.sort()
     for index, msg in failed:
         log.warning("song %d failed: %s", index, msg)
-    done = [f for f in folders if is_complete(f, layout)]
+    done = [f for f in folders if is_complete(f, opts.layout)]
     if summary is not None:
         summary.update(written=len(todo) - len(failed), kept=kept, failed=failed, seconds=time.time() - t0,
                        folder=str(out))

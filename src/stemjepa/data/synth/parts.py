@@ -134,7 +134,20 @@ def _chord_segments(plan: SongPlan, active: list[bool]):
 
 
 # ----------------------------------------------------------------------------------------------- drums
-def drum_notes(plan: SongPlan, rng: np.random.Generator, active: list[bool]) -> list[Note]:
+@dataclass(frozen=True)
+class _Drummer:
+    """A song's drummer: what is drawn once per song, before its bars."""
+
+    jazz: bool
+    ride_chorus: bool
+    hat_step: int
+    open_last: bool
+    ghost: bool
+    snare_key: int
+    fill_bars: bool
+
+
+def _draw_drummer(plan: SongPlan, rng: np.random.Generator) -> _Drummer:
     g, steps = plan.groove, plan.meter * 4
     jazz = g.style in ("shuffle", "jazz_waltz")
     ride_chorus = rng.random() < 0.4
@@ -143,6 +156,11 @@ def drum_notes(plan: SongPlan, rng: np.random.Generator, active: list[bool]) -> 
     ghost = g.style in ("funk", "hiphop") or rng.random() < 0.2
     snare_key = SIDE_STICK if g.style == "bossa" else (CLAP if g.style == "four_floor" and rng.random() < 0.6 else SNARE)
     fill_bars = rng.random() < 0.75
+    return _Drummer(jazz, ride_chorus, hat_step, open_last, ghost, snare_key, fill_bars)
+
+
+def drum_notes(plan: SongPlan, rng: np.random.Generator, active: list[bool]) -> list[Note]:
+    drummer = _draw_drummer(plan, rng)
     notes: list[Note] = []
     last_bar = len(plan.bars) - 1
 
@@ -151,58 +169,69 @@ def drum_notes(plan: SongPlan, rng: np.random.Generator, active: list[bool]) -> 
         notes.append(Note(b, b + 0.25, key, vel))
 
     for bar in plan.bars:
-        if not active[bar.index]:
-            continue
-        b0, e = bar.index * plan.meter, bar.energy
-        fill = fill_bars and bar.last_in_section and bar.index != last_bar and e >= 0.5
-        if plan.wide and not fill and bar.index % 4 == 3 and bar.index != last_bar:
-            fill = rng.random() < 0.35            # wide styles: short fills inside sections too
-        fill_from = steps - (8 if rng.random() < 0.3 else 4) if fill else steps
-        sparse = e < 0.45
-        for s in g.kick:
-            if s < fill_from:
-                hit(s, KICK, _vel(rng, 108 if s == 0 else 96, e), b0)
-        if rng.random() < 0.15 * e:
-            s = int(rng.choice([x for x in range(2, fill_from, 2) if x not in g.kick and x not in g.snare] or [0]))
-            hit(s, KICK, _vel(rng, 85, e), b0)
-        if plan.wide:
-            _wide_extras(plan, rng, hit, b0, e, fill_from)
-        if not sparse:
-            for s in g.snare:
-                if s < fill_from:
-                    hit(s, snare_key, _vel(rng, 104, e), b0)
-            if ghost:
-                for s in (7, 9, 15) if plan.meter == 4 else (5, 9):
-                    if s < fill_from and rng.random() < 0.5:
-                        hit(s, SNARE, _vel(rng, 40, e), b0)
-        ride = jazz or (ride_chorus and bar.section == "chorus")
-        if ride:
-            pattern = [s for beat in range(plan.meter) for s in ((beat * 4,) if beat % 2 == 0 else (beat * 4, beat * 4 + 2))]
-            for s in pattern:
-                if s < fill_from:
-                    hit(s, RIDE, _vel(rng, 88 if s % 4 == 0 else 72, e), b0)
-            for beat in range(1, plan.meter, 2):
-                hit(beat * 4, HAT_PEDAL, _vel(rng, 70, e), b0)
-        else:
-            for s in range(0, fill_from, hat_step):
-                key = HAT_CLOSED
-                if g.style == "four_floor" and s % 4 == 2:
-                    key = HAT_OPEN
-                elif open_last and s == steps - 2 and not fill:
-                    key = HAT_OPEN
-                accent = 86 if s % 4 == 0 else (74 if s % 2 == 0 else 60)
-                hit(s, key, _vel(rng, accent, e), b0)
-        if bar.first_in_section and bar.index > 0 and e >= 0.5:
-            hit(0, CRASH, _vel(rng, 100, e), b0)
-        if fill:
-            toms = TOMS if rng.random() < 0.6 else (SNARE,)
-            n = steps - fill_from
-            for k, s in enumerate(range(fill_from, steps)):
-                key = toms[min(len(toms) - 1, k * len(toms) // max(n, 1))]
-                hit(s, key, _vel(rng, 80 + 25 * k / max(n, 1), e), b0)
+        if active[bar.index]:
+            _drum_bar(plan, rng, drummer, bar, hit, bar.index == last_bar)
     if plan.bars and active[last_bar] and plan.bars[last_bar].energy >= 0.5:
         hit(0, CRASH, _vel(rng, 95, 1.0), last_bar * plan.meter)
     return notes
+
+
+def _drum_bar(plan: SongPlan, rng: np.random.Generator, drummer: _Drummer, bar, hit, is_last: bool) -> None:
+    """One bar of drums: groove (kick, snare, ghost notes), cymbals, a crash at a section start, a fill at a section's
+    end."""
+    g, steps = plan.groove, plan.meter * 4
+    b0, e = bar.index * plan.meter, bar.energy
+    fill = drummer.fill_bars and bar.last_in_section and not is_last and e >= 0.5
+    if plan.wide and not fill and bar.index % 4 == 3 and not is_last:
+        fill = rng.random() < 0.35            # wide styles: short fills inside sections too
+    fill_from = steps - (8 if rng.random() < 0.3 else 4) if fill else steps
+    for s in g.kick:
+        if s < fill_from:
+            hit(s, KICK, _vel(rng, 108 if s == 0 else 96, e), b0)
+    if rng.random() < 0.15 * e:
+        s = int(rng.choice([x for x in range(2, fill_from, 2) if x not in g.kick and x not in g.snare] or [0]))
+        hit(s, KICK, _vel(rng, 85, e), b0)
+    if plan.wide:
+        _wide_extras(plan, rng, hit, b0, e, fill_from)
+    if e >= 0.45:  # not sparse
+        for s in g.snare:
+            if s < fill_from:
+                hit(s, drummer.snare_key, _vel(rng, 104, e), b0)
+        if drummer.ghost:
+            for s in (7, 9, 15) if plan.meter == 4 else (5, 9):
+                if s < fill_from and rng.random() < 0.5:
+                    hit(s, SNARE, _vel(rng, 40, e), b0)
+    _cymbals(plan, rng, drummer, bar, hit, fill_from, fill)
+    if bar.first_in_section and bar.index > 0 and e >= 0.5:
+        hit(0, CRASH, _vel(rng, 100, e), b0)
+    if fill:
+        toms = TOMS if rng.random() < 0.6 else (SNARE,)
+        n = steps - fill_from
+        for k, s in enumerate(range(fill_from, steps)):
+            key = toms[min(len(toms) - 1, k * len(toms) // max(n, 1))]
+            hit(s, key, _vel(rng, 80 + 25 * k / max(n, 1), e), b0)
+
+
+def _cymbals(plan: SongPlan, rng: np.random.Generator, drummer: _Drummer, bar, hit, fill_from: int, fill: bool) -> None:
+    """Ride (jazz styles, or the chorus of some songs) with the hi-hat pedal, else the hi-hat pattern."""
+    g, steps = plan.groove, plan.meter * 4
+    b0, e = bar.index * plan.meter, bar.energy
+    if drummer.jazz or (drummer.ride_chorus and bar.section == "chorus"):
+        pattern = [s for beat in range(plan.meter) for s in ((beat * 4,) if beat % 2 == 0 else (beat * 4, beat * 4 + 2))]
+        for s in pattern:
+            if s < fill_from:
+                hit(s, RIDE, _vel(rng, 88 if s % 4 == 0 else 72, e), b0)
+        for beat in range(1, plan.meter, 2):
+            hit(beat * 4, HAT_PEDAL, _vel(rng, 70, e), b0)
+        return
+    for s in range(0, fill_from, drummer.hat_step):
+        key = HAT_CLOSED
+        if g.style == "four_floor" and s % 4 == 2:
+            key = HAT_OPEN
+        elif drummer.open_last and s == steps - 2 and not fill:
+            key = HAT_OPEN
+        accent = 86 if s % 4 == 0 else (74 if s % 2 == 0 else 60)
+        hit(s, key, _vel(rng, accent, e), b0)
 
 
 def _wide_extras(plan: SongPlan, rng: np.random.Generator, hit, b0: float, e: float, fill_from: int) -> None:
@@ -326,7 +355,19 @@ _SYNCOPATIONS = [((0, 3), (3, 3), (6, 4), (10, 6)), ((0, 6), (6, 4), (10, 6)), (
                  ((2, 4), (6, 2), (10, 4)), ((0, 4), (6, 2), (8, 2), (11, 5))]
 
 
-def comp_notes(plan: SongPlan, rng: np.random.Generator, inst: Instrument, active: list[bool]) -> list[Note]:
+@dataclass(frozen=True)
+class _Comping:
+    """A song's comping: register, style, voices, rhythm per style and gate, drawn once (in this order)."""
+
+    lo: int
+    hi: int
+    style: str
+    n_voices: int
+    rhythm: dict
+    gate: float
+
+
+def _draw_comping(plan: SongPlan, rng: np.random.Generator, inst: Instrument) -> _Comping:
     lo, hi = shifted_register("comp", inst, rng)
     styles = inst.styles or ("sustain", "quarters", "syncopated")
     style = str(rng.choice(styles))
@@ -341,53 +382,68 @@ def comp_notes(plan: SongPlan, rng: np.random.Generator, inst: Instrument, activ
         "power": [(s, 2) for s in range(0, steps, 2)],
         "stabs": [(s, d) for s, d in sync[: int(rng.integers(2, 4))]],
     }
-    gate = float(rng.uniform(0.5, 0.9))
+    return _Comping(lo, hi, style, n_voices, rhythm, float(rng.uniform(0.5, 0.9)))
+
+
+def comp_notes(plan: SongPlan, rng: np.random.Generator, inst: Instrument, active: list[bool]) -> list[Note]:
+    comp = _draw_comping(plan, rng, inst)
+    if comp.style in ("sustain", "broken"):
+        return _held_comp(plan, rng, inst, active, comp)
     notes: list[Note] = []
     prev: list[int] | None = None
-    if style in ("sustain", "broken"):
-        order = None
-        for start, length, chord, bar in _chord_segments(plan, active):
-            v = voicing(chord, lo, hi, n_voices, prev)
-            prev = v
-            if style == "sustain":
-                for p in v:
-                    notes.append(Note(start, start + length * 0.97, p, _vel(rng, 78, bar.energy)))
-                continue
-            bass = v[0] - 12 if v[0] - 12 >= inst.range[0] else v[0]
-            tones = [bass] + v
-            if order is None:  # the broken-chord figure of this song, repeated
-                order = [0] + [int(x) for x in rng.integers(1, len(tones), size=7)]
-            for k in range(int(length * 2)):
-                p = tones[order[k % len(order)] % len(tones)]
-                notes.append(Note(start + k / 2, start + k / 2 + 0.5 * (1.6 if k == 0 else 0.95), p,
-                                  _vel(rng, 84 if k == 0 else 70, bar.energy)))
-        return notes
     for bar in plan.bars:
         if not active[bar.index]:
             continue
         b0, e = bar.index * plan.meter, bar.energy
-        for _, (s, d) in enumerate(rhythm[style]):
+        for s, d in comp.rhythm[comp.style]:
             beat = b0 + s / 4
             chord = plan.chord_at(beat)
-            if style == "power":
+            if comp.style == "power":
                 root = 40 + (chord.root - 40) % 12
-                v = [root, root + 7, root + 12]
                 accent = s in plan.groove.kick
                 dur = d / 4 * (0.9 if accent else 0.45)
-                notes += [Note(beat, beat + dur, p, _vel(rng, 100 if accent else 80, e)) for p in v]
-            elif style == "strum":
-                root = 40 + (chord.root - 40) % 12
-                fifth, third = root + 7, root + 12 + (chord.tones[1] - chord.root) % 12
-                shape = [p for p in (root, fifth, root + 12, third, fifth + 12) if p <= hi + 7]
-                up = s % 4 == 2
-                strings = list(reversed(shape[-4:])) if up else shape
-                spread = float(0.012 if not up else 0.008)
-                for k, p in enumerate(strings):
-                    notes.append(Note(beat, beat + d / 4 * 0.95, p, _vel(rng, 70 if up else 88, e), delay=k * spread))
+                notes += [Note(beat, beat + dur, p, _vel(rng, 100 if accent else 80, e)) for p in (root, root + 7, root + 12)]
+            elif comp.style == "strum":
+                notes += _strum(rng, chord, beat, s, d, comp.hi, e)
             else:
-                v = voicing(chord, lo, hi, n_voices, prev)
+                v = voicing(chord, comp.lo, comp.hi, comp.n_voices, prev)
                 prev = v
-                notes += [Note(beat, beat + d / 4 * gate, p, _vel(rng, 90 if s % 4 == 0 else 80, e)) for p in v]
+                notes += [Note(beat, beat + d / 4 * comp.gate, p, _vel(rng, 90 if s % 4 == 0 else 80, e)) for p in v]
+    return notes
+
+
+def _strum(rng: np.random.Generator, chord: Chord, beat: float, step: int, length: int, hi: int, energy: float) -> list[Note]:
+    """A guitar strum of the chord's open shape: down on the beat, up (the top four strings) off it."""
+    root = 40 + (chord.root - 40) % 12
+    fifth, third = root + 7, root + 12 + (chord.tones[1] - chord.root) % 12
+    shape = [p for p in (root, fifth, root + 12, third, fifth + 12) if p <= hi + 7]
+    up = step % 4 == 2
+    strings = list(reversed(shape[-4:])) if up else shape
+    spread = float(0.012 if not up else 0.008)
+    return [Note(beat, beat + length / 4 * 0.95, p, _vel(rng, 70 if up else 88, energy), delay=k * spread)
+            for k, p in enumerate(strings)]
+
+
+def _held_comp(plan: SongPlan, rng: np.random.Generator, inst: Instrument, active: list[bool], comp: _Comping) -> list[Note]:
+    """Sustained chords, or a broken-chord figure drawn once and repeated, voice-led from chord to chord."""
+    notes: list[Note] = []
+    prev: list[int] | None = None
+    order = None
+    for start, length, chord, bar in _chord_segments(plan, active):
+        v = voicing(chord, comp.lo, comp.hi, comp.n_voices, prev)
+        prev = v
+        if comp.style == "sustain":
+            for p in v:
+                notes.append(Note(start, start + length * 0.97, p, _vel(rng, 78, bar.energy)))
+            continue
+        bass = v[0] - 12 if v[0] - 12 >= inst.range[0] else v[0]
+        tones = [bass] + v
+        if order is None:  # the broken-chord figure of this song, repeated
+            order = [0] + [int(x) for x in rng.integers(1, len(tones), size=7)]
+        for k in range(int(length * 2)):
+            p = tones[order[k % len(order)] % len(tones)]
+            notes.append(Note(start + k / 2, start + k / 2 + 0.5 * (1.6 if k == 0 else 0.95), p,
+                              _vel(rng, 84 if k == 0 else 70, bar.energy)))
     return notes
 
 
@@ -563,6 +619,24 @@ def arrange(plan: SongPlan, rng: np.random.Generator, exclude=(), require=()) ->
         if not cands:
             raise ConfigError(f"no instrument matches {list(require)} once {list(exclude)} are excluded")
         forced = cands[int(rng.integers(len(cands)))]
+    roles, forced_role = _pick_roles(rng, forced)
+    chosen = _choose_instruments(plan, rng, pool, roles, forced, forced_role)
+    _cover_bars(plan, chosen)
+    parts: list[Part] = []  # the notes
+    for i, (role, inst, split, active) in enumerate(chosen):
+        if role == "drums":
+            forced_kit = forced if forced is not None and "kit_part" in forced.roles else None
+            parts += _drum_parts(plan, rng, inst, split, active, forced_kit, [x for x in KIT_PARTS if x in pool])
+            continue
+        notes = _generate(role, plan, rng, inst, active)
+        if notes:
+            parts.append(Part(role, inst, notes, group=f"{role}{i}", level_db=ROLE_LEVEL_DB[role] + rng.normal(0, 2),
+                              program=inst.program))
+    return parts
+
+
+def _pick_roles(rng: np.random.Generator, forced: Instrument | None) -> tuple[list[str], str | None]:
+    """The song's roles (at least three, one for the required instrument) and the role the required instrument plays."""
     roles = [r for r in ("drums", "perc", "bass", "comp", "comp", "pad", "arp", "lead", "counter")
              if rng.random() < ROLE_PROBABILITY[r]]
     if roles.count("comp") == 2 and rng.random() > 0.35:
@@ -577,10 +651,14 @@ def arrange(plan: SongPlan, rng: np.random.Generator, exclude=(), require=()) ->
             break
         if extra not in roles:
             roles.append(extra)
+    return roles, forced_role
 
-    # 1. an instrument (or a kit) and the bars it plays, for every part
+
+def _choose_instruments(plan: SongPlan, rng: np.random.Generator, pool: list[Instrument], roles: list[str],
+                        forced: Instrument | None, forced_role: str | None) -> list[tuple[str, Instrument, bool, list[bool]]]:
+    """An instrument (or a kit) and the bars it plays, for every role: (role, instrument or kit, split, active)."""
     used: set[str] = set()
-    chosen: list[tuple[str, Instrument, bool, list[bool]]] = []     # (role, instrument or kit, split, active)
+    chosen: list[tuple[str, Instrument, bool, list[bool]]] = []
     for role in roles:
         inst = None
         if forced is not None and role == forced_role:
@@ -599,7 +677,11 @@ def arrange(plan: SongPlan, rng: np.random.Generator, exclude=(), require=()) ->
         used.add(inst.name)
         shift = 0.25 if role == "comp" and any(r == "comp" for r, *_ in chosen) else 0.0
         chosen.append((role, inst, False, activity(plan, rng, role, shift)))
-    # 2. no bar with fewer than two parts (an intro where nothing plays is no song)
+    return chosen
+
+
+def _cover_bars(plan: SongPlan, chosen: list[tuple[str, Instrument, bool, list[bool]]]) -> None:
+    """No bar with fewer than two parts (an intro where nothing plays is no song): parts are added where needed."""
     order = sorted(range(len(chosen)), key=lambda k: _COVER_ORDER.index(chosen[k][0]))
     for bar in range(len(plan.bars)):
         playing = sum(c[3][bar] for c in chosen)
@@ -609,18 +691,6 @@ def arrange(plan: SongPlan, rng: np.random.Generator, exclude=(), require=()) ->
             if not chosen[k][3][bar]:
                 chosen[k][3][bar] = True
                 playing += 1
-    # 3. the notes
-    parts: list[Part] = []
-    for i, (role, inst, split, active) in enumerate(chosen):
-        if role == "drums":
-            forced_kit = forced if forced is not None and "kit_part" in forced.roles else None
-            parts += _drum_parts(plan, rng, inst, split, active, forced_kit, [x for x in KIT_PARTS if x in pool])
-            continue
-        notes = _generate(role, plan, rng, inst, active)
-        if notes:
-            parts.append(Part(role, inst, notes, group=f"{role}{i}", level_db=ROLE_LEVEL_DB[role] + rng.normal(0, 2),
-                              program=inst.program))
-    return parts
 
 
 def _fill_with(plan: SongPlan, rng, active: list[bool], keys: tuple[int, ...]) -> list[Note]:

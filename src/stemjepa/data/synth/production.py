@@ -142,87 +142,111 @@ def _modulation(rng) -> tuple[str, dict]:
                            feedback=_u(rng, 0.0, 0.5), mix=_u(rng, 0.2, 0.5)))
 
 
-def draw_chain(kind: str, part: Part, rng: np.random.Generator, sr: int, beat: float) -> tuple[list[tuple[str, dict]], float]:
+Chain = tuple[list[tuple[str, dict]], float]  # (effects in order, send to the song's room)
+
+
+def _drums_chain(part: Part, rng, sr: int, beat: float) -> Chain:
+    hp = (250, 700) if part.instrument.name in ("hi-hat", "cymbals") else (20, 60)
+    fx = [("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, *hp, sr)))]
+    fx += _eq(rng, sr, low=(50, 120), high=(3000, 8000), peak=(80, 5000))
+    if rng.random() < 0.4 or "machine" in part.instrument.labels[1]:
+        fx.append(("Distortion", dict(drive_db=_u(rng, 2, 12))))
+    fx.append(_comp(rng, ratio=(3, 8), attack=(2, 30), release=(40, 200)))
+    fx.append(_reverb(rng, size=(0.05, 0.45), wet=(0.03, 0.2)))
+    return fx, _u(rng, 0.05, 0.3)
+
+
+def _bass_chain(part: Part, rng, sr: int, beat: float) -> Chain:
+    fx = [("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 25, 50, sr)))]
+    fx.append(("LowShelfFilter", dict(cutoff_frequency_hz=_hz(rng, 70, 160, sr), gain_db=_u(rng, -3, 6))))
+    if rng.random() < 0.6:
+        fx.append(("Distortion", dict(drive_db=_u(rng, 3, 16))))
+    fx.append(_comp(rng, ratio=(3, 8), attack=(5, 30), release=(60, 250)))
+    if rng.random() < 0.5:
+        fx.append(("LowpassFilter", dict(cutoff_frequency_hz=_hz(rng, 1500, 7000, sr))))
+    return fx, _u(rng, 0.0, 0.06)
+
+
+def _acoustic_guitar_chain(part: Part, rng, sr: int, beat: float) -> Chain:
+    """No amp: a miked acoustic."""
+    fx = [("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 60, 140, sr)))]
+    fx += _eq(rng, sr, low=(100, 300), high=(3000, 7000), peak=(150, 4000))
+    fx.append(_comp(rng, ratio=(2, 5), attack=(3, 20)))
+    if rng.random() < 0.3:
+        fx.append(_modulation(rng))
+    fx.append(_reverb(rng, size=(0.2, 0.7), wet=(0.05, 0.25)))
+    return fx, _u(rng, 0.05, 0.25)
+
+
+def _guitar_chain(part: Part, rng, sr: int, beat: float) -> Chain:
+    drive = (14, 32) if part.instrument.name in _DRIVEN_GUITARS else ((2, 14) if rng.random() < 0.6 else (0.1, 1))
+    fx = [("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 70, 160, sr)))]
+    fx.append(("Distortion", dict(drive_db=_u(rng, *drive))))        # the amp
+    fx.append(("PeakFilter", dict(cutoff_frequency_hz=_hz(rng, 800, 3000, sr), gain_db=_u(rng, -4, 6),
+                                  q=_u(rng, 0.7, 2.0))))               # the cabinet: mid bump, no top end
+    fx.append(("LowpassFilter", dict(cutoff_frequency_hz=_hz(rng, 3000, 6500, sr))))
+    if rng.random() < 0.45:
+        fx.append(_modulation(rng) if rng.random() < 0.3 else ("Chorus", dict(
+            rate_hz=_u(rng, 0.3, 2.0), depth=_u(rng, 0.1, 0.4), centre_delay_ms=_u(rng, 5, 10), feedback=0.0,
+            mix=_u(rng, 0.2, 0.5))))
+    if rng.random() < 0.3:
+        fx.append(_delay(rng, beat))
+    fx.append(_reverb(rng, size=(0.2, 0.7), wet=(0.05, 0.25)))
+    return fx, _u(rng, 0.05, 0.25)
+
+
+def _keys_chain(part: Part, rng, sr: int, beat: float) -> Chain:
+    fx = _eq(rng, sr)
+    if rng.random() < 0.6:
+        fx.append(_modulation(rng))
+    if rng.random() < 0.5:
+        fx.append(_comp(rng, ratio=(1.5, 4)))
+    fx.append(_reverb(rng, size=(0.3, 0.85), wet=(0.08, 0.3)))
+    return fx, _u(rng, 0.05, 0.3)
+
+
+def _pads_chain(part: Part, rng, sr: int, beat: float) -> Chain:
+    fx = [("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 80, 250, sr)))]
+    fx += _eq(rng, sr, gain=4.0)
+    if rng.random() < 0.35:
+        fx.append(_modulation(rng))
+    if rng.random() < 0.4:
+        fx.append(("LowpassFilter", dict(cutoff_frequency_hz=_hz(rng, 2500, 7500, sr))))
+    fx.append(_reverb(rng, size=(0.6, 0.95), wet=(0.2, 0.45)))
+    return fx, _u(rng, 0.1, 0.4)
+
+
+def _lead_chain(part: Part, rng, sr: int, beat: float) -> Chain:
+    fx = [("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 80, 200, sr)))]
+    fx.append(_comp(rng, threshold=(-30, -16), ratio=(3, 7), attack=(1, 10), release=(40, 150)))
+    fx.append(("PeakFilter", dict(cutoff_frequency_hz=_hz(rng, 2000, 5000, sr), gain_db=_u(rng, 0, 6),
+                                  q=_u(rng, 0.5, 1.5))))               # presence
+    fx += _eq(rng, sr, gain=3.0)
+    if rng.random() < 0.6:
+        fx.append(_delay(rng, beat))
+    fx.append(_reverb(rng, size=(0.3, 0.9), wet=(0.1, 0.35)))
+    return fx, _u(rng, 0.05, 0.25)
+
+
+def _other_chain(part: Part, rng, sr: int, beat: float) -> Chain:
+    fx = _eq(rng, sr)
+    if rng.random() < 0.5:
+        fx.append(_comp(rng))
+    if rng.random() < 0.2:
+        fx.append(_modulation(rng))
+    fx.append(_reverb(rng, size=(0.1, 0.8), wet=(0.05, 0.3)))
+    return fx, _u(rng, 0.05, 0.35)
+
+
+_CHAINS = {"drums": _drums_chain, "bass": _bass_chain, "acoustic guitar": _acoustic_guitar_chain,
+           "guitar": _guitar_chain, "keys": _keys_chain, "pads": _pads_chain, "lead": _lead_chain}
+
+
+def draw_chain(kind: str, part: Part, rng: np.random.Generator, sr: int, beat: float) -> Chain:
     """The effects (pedalboard plugin name, parameters) of one stem, in order, and its send to the song's room."""
-    fx: list[tuple[str, dict]] = []
-    name = part.instrument.name
-    if kind == "drums":
-        hp = (250, 700) if name in ("hi-hat", "cymbals") else (20, 60)
-        fx.append(("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, *hp, sr))))
-        fx += _eq(rng, sr, low=(50, 120), high=(3000, 8000), peak=(80, 5000))
-        if rng.random() < 0.4 or "machine" in part.instrument.labels[1]:
-            fx.append(("Distortion", dict(drive_db=_u(rng, 2, 12))))
-        fx.append(_comp(rng, ratio=(3, 8), attack=(2, 30), release=(40, 200)))
-        fx.append(_reverb(rng, size=(0.05, 0.45), wet=(0.03, 0.2)))
-        room = _u(rng, 0.05, 0.3)
-    elif kind == "bass":
-        fx.append(("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 25, 50, sr))))
-        fx.append(("LowShelfFilter", dict(cutoff_frequency_hz=_hz(rng, 70, 160, sr), gain_db=_u(rng, -3, 6))))
-        if rng.random() < 0.6:
-            fx.append(("Distortion", dict(drive_db=_u(rng, 3, 16))))
-        fx.append(_comp(rng, ratio=(3, 8), attack=(5, 30), release=(60, 250)))
-        if rng.random() < 0.5:
-            fx.append(("LowpassFilter", dict(cutoff_frequency_hz=_hz(rng, 1500, 7000, sr))))
-        room = _u(rng, 0.0, 0.06)
-    elif kind == "guitar" and part.instrument.labels[1] == "acoustic guitar":     # no amp: a miked acoustic
-        fx.append(("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 60, 140, sr))))
-        fx += _eq(rng, sr, low=(100, 300), high=(3000, 7000), peak=(150, 4000))
-        fx.append(_comp(rng, ratio=(2, 5), attack=(3, 20)))
-        if rng.random() < 0.3:
-            fx.append(_modulation(rng))
-        fx.append(_reverb(rng, size=(0.2, 0.7), wet=(0.05, 0.25)))
-        room = _u(rng, 0.05, 0.25)
-    elif kind == "guitar":
-        drive = (14, 32) if name in _DRIVEN_GUITARS else ((2, 14) if rng.random() < 0.6 else (0.1, 1))
-        fx.append(("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 70, 160, sr))))
-        fx.append(("Distortion", dict(drive_db=_u(rng, *drive))))        # the amp
-        fx.append(("PeakFilter", dict(cutoff_frequency_hz=_hz(rng, 800, 3000, sr), gain_db=_u(rng, -4, 6),
-                                      q=_u(rng, 0.7, 2.0))))               # the cabinet: mid bump, no top end
-        fx.append(("LowpassFilter", dict(cutoff_frequency_hz=_hz(rng, 3000, 6500, sr))))
-        if rng.random() < 0.45:
-            fx.append(_modulation(rng) if rng.random() < 0.3 else ("Chorus", dict(
-                rate_hz=_u(rng, 0.3, 2.0), depth=_u(rng, 0.1, 0.4), centre_delay_ms=_u(rng, 5, 10), feedback=0.0,
-                mix=_u(rng, 0.2, 0.5))))
-        if rng.random() < 0.3:
-            fx.append(_delay(rng, beat))
-        fx.append(_reverb(rng, size=(0.2, 0.7), wet=(0.05, 0.25)))
-        room = _u(rng, 0.05, 0.25)
-    elif kind == "keys":
-        fx += _eq(rng, sr)
-        if rng.random() < 0.6:
-            fx.append(_modulation(rng))
-        if rng.random() < 0.5:
-            fx.append(_comp(rng, ratio=(1.5, 4)))
-        fx.append(_reverb(rng, size=(0.3, 0.85), wet=(0.08, 0.3)))
-        room = _u(rng, 0.05, 0.3)
-    elif kind == "pads":
-        fx.append(("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 80, 250, sr))))
-        fx += _eq(rng, sr, gain=4.0)
-        if rng.random() < 0.35:
-            fx.append(_modulation(rng))
-        if rng.random() < 0.4:
-            fx.append(("LowpassFilter", dict(cutoff_frequency_hz=_hz(rng, 2500, 7500, sr))))
-        fx.append(_reverb(rng, size=(0.6, 0.95), wet=(0.2, 0.45)))
-        room = _u(rng, 0.1, 0.4)
-    elif kind == "lead":
-        fx.append(("HighpassFilter", dict(cutoff_frequency_hz=_hz(rng, 80, 200, sr))))
-        fx.append(_comp(rng, threshold=(-30, -16), ratio=(3, 7), attack=(1, 10), release=(40, 150)))
-        fx.append(("PeakFilter", dict(cutoff_frequency_hz=_hz(rng, 2000, 5000, sr), gain_db=_u(rng, 0, 6),
-                                      q=_u(rng, 0.5, 1.5))))               # presence
-        fx += _eq(rng, sr, gain=3.0)
-        if rng.random() < 0.6:
-            fx.append(_delay(rng, beat))
-        fx.append(_reverb(rng, size=(0.3, 0.9), wet=(0.1, 0.35)))
-        room = _u(rng, 0.05, 0.25)
-    else:
-        fx += _eq(rng, sr)
-        if rng.random() < 0.5:
-            fx.append(_comp(rng))
-        if rng.random() < 0.2:
-            fx.append(_modulation(rng))
-        fx.append(_reverb(rng, size=(0.1, 0.8), wet=(0.05, 0.3)))
-        room = _u(rng, 0.05, 0.35)
-    return fx, room
+    if kind == "guitar" and part.instrument.labels[1] == "acoustic guitar":
+        kind = "acoustic guitar"
+    return _CHAINS.get(kind, _other_chain)(part, rng, sr, beat)
 
 
 def apply_chain(x: np.ndarray, fx: list[tuple[str, dict]], sr: int) -> np.ndarray:

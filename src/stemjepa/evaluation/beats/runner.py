@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ...errors import ConfigError, DataError, StemJepaError
@@ -62,12 +63,25 @@ def load_items(model, specs, cache: FeatureCache, cfg: BeatEvalConfig, skipped: 
     return out
 
 
-def evaluate_beats(model, train_specs, test_specs, out_dir, cfg: BeatEvalConfig | None = None, feature_id: str | None = None,
-                   cache_dir=None, use_cache: bool = True, progress_factory=None, extra: dict | None = None) -> dict:
-    """Run the probe and write OUT/metrics.json and OUT/beats_example.png; returns the report dict.
+@dataclass(frozen=True)
+class BeatRun:
+    """How a beat evaluation runs, beside what it measures (BeatEvalConfig): the feature cache (`feature_id` names the
+    encoder in it, default model.model_id; `cache_dir` default OUT/features; `use_cache` False: none), the progress bars
+    (a tqdm-like factory) and `extra` entries for the report."""
 
-    `feature_id` names the encoder in the feature cache (defaults to model.model_id); `cache_dir` defaults to OUT/features.
-    """
+    feature_id: str | None = None
+    cache_dir: str | Path | None = None
+    use_cache: bool = True
+    progress_factory: Callable | None = None
+    extra: dict | None = None
+
+
+def evaluate_beats(model, train_specs, test_specs, out_dir, cfg: BeatEvalConfig | None = None, run: BeatRun | None = None,
+                   **run_values) -> dict:
+    """Run the probe and write OUT/metrics.json and OUT/beats_example.png; returns the report dict. `run` (or its fields
+    as keywords: feature_id, cache_dir, use_cache, progress_factory, extra): how it runs (BeatRun)."""
+    run = replace(run or BeatRun(), **run_values)
+    progress_factory = run.progress_factory
     if progress_factory is None:
         from tqdm import tqdm as progress_factory
     cfg = cfg or BeatEvalConfig()
@@ -82,15 +96,16 @@ def evaluate_beats(model, train_specs, test_specs, out_dir, cfg: BeatEvalConfig 
         log.warning("test dataset folder(s) also used for training: %s", ", ".join(sorted(overlap)))
     fps = frames_per_second(model.patch_seconds)
     decoder = make_decoder(cfg.decoder, fps)
-    feature_id = feature_id or str(model.model_id)
-    cache = FeatureCache((Path(cache_dir) if cache_dir else out_dir / "features") if use_cache else None, feature_id)
+    feature_id = run.feature_id or str(model.model_id)
+    cache = FeatureCache((Path(run.cache_dir) if run.cache_dir else out_dir / "features") if run.use_cache else None,
+                         feature_id)
     skipped: list[dict] = []
     train = load_items(model, train_specs, cache, cfg, skipped, progress_factory)
     test = load_items(model, test_specs, cache, cfg, skipped, progress_factory)
     train_items = [it for items in train.values() for it in items]
     results, example = run_crossval(train_items, test, decoder, cfg.folds, cfg.probe, fps, progress_factory)
     report = {
-        **(extra or {}),
+        **(run.extra or {}),
         "model_id": feature_id,
         "folds": cfg.folds,
         "decoder": {"name": decoder.name, **decoder.settings},
