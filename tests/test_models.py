@@ -316,3 +316,32 @@ def test_a_model_records_the_distance_it_was_trained_for(config, distance):
     with torch.device("meta"):  # only the config matters: nothing is allocated
         model = StemJEPA(cfg.model, phase=cfg.phase)
     assert model.distance == distance == ("cosine" if cfg.model.center_embeddings else "l2")
+
+
+def test_both_conditioners_expose_labels_and_vectors():
+    """Callers read `labels` and `vectors()` whatever the conditioning kind (no kind-specific attribute, no hasattr)."""
+    from stemjepa.config import ConditioningConfig
+    from stemjepa.models.conditioning import build_conditioner
+
+    classes = build_conditioner(ConditioningConfig(kind="classes", classes=["bass", "drums", "Other"], class_dim=8))
+    assert classes.labels == ["bass", "drums", "other"] and tuple(classes.vectors().shape) == (3, 8)
+    text = build_conditioner(ConditioningConfig(kind="text", text_backend="minilm", text_dim=384))
+    text.add_labels(["Hi-Hat", "bass guitar"])
+    assert text.labels == ["bass guitar", "hi-hat"] and tuple(text.vectors().shape) == (2, 384)
+
+
+def test_one_label_picker_for_fine_coarse_and_random():
+    from pathlib import Path
+
+    import numpy as np
+
+    from stemjepa.data.labels import UNLABELLED, label_at
+    from stemjepa.data.multitrack import Stem
+
+    path = ["guitar", "clean electric guitar"]
+    assert (label_at(path, "fine"), label_at(path, "coarse"), label_at([], "fine")) == (path[1], path[0], UNLABELLED)
+    assert {label_at(path, "random", np.random.default_rng(s)) for s in range(20)} == set(path)
+    stem = Stem(name="gtr", path=Path("gtr.wav"), labels=path)
+    assert (stem.fine, stem.coarse) == (path[1], path[0])
+    with pytest.raises(ValueError, match="fine or coarse"):
+        label_at(path, "finest")

@@ -17,3 +17,16 @@ def label_key(label: str) -> str:
 def label_words(label: str) -> str:
     """`label_key` with '-' read as a space too: the form instrument names are compared under."""
     return " ".join(str(label).replace("_", " ").replace("-", " ").lower().split())
+
+
+def label_at(labels, level: str, rng=None, unlabelled: str = UNLABELLED) -> str:
+    """The one fine / coarse picker of a label path (coarse first, e.g. ["guitar", "clean electric guitar"]): "fine" its
+    most specific label, "coarse" its category, "random" any level drawn with `rng` (phase 2, as the paper trains);
+    `unlabelled` for a stem without labels."""
+    if level not in ("fine", "coarse", "random"):
+        raise ValueError(f"label level must be random, fine or coarse, not {level!r}")
+    if not labels:
+        return unlabelled
+    if level == "random":
+        return labels[int(rng.integers(len(labels)))]
+    return labels[-1] if level == "fine" else labels[0]

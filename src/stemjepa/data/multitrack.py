@@ -18,7 +18,7 @@ from ..audio import SAMPLE_RATE
 from ..audio.io import load_audio
 from ..errors import AudioError, DataError
 from ..fsutil import read_json
-from .labels import UNLABELLED  # noqa: F401 - also imported from here
+from .labels import UNLABELLED, label_at  # noqa: F401 - UNLABELLED also imported from here
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ class Stem:
 
     @property
     def fine(self) -> str:
-        return self.labels[-1] if self.labels else UNLABELLED
+        return label_at(self.labels, "fine")
 
     @property
     def coarse(self) -> str:
-        return self.labels[0] if self.labels else UNLABELLED
+        return label_at(self.labels, "coarse")
 
 
 @dataclass

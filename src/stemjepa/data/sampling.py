@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..config import DataConfig
 from ..errors import DataError
-from .multitrack import UNLABELLED
+from .labels import UNLABELLED, label_at
 from .training_cache import TrainingCache
 
 log = logging.getLogger(__name__)
@@ -24,16 +24,8 @@ MAX_TRIES = 64
 
 
 def pick_label(labels: list[str], level: str, rng: np.random.Generator, unlabelled: str = UNLABELLED) -> str:
-    """The conditioning label of a stem: a random level of its label path (phase 2), its finest or its coarsest level."""
-    if not labels:
-        return unlabelled
-    if level == "random":
-        return labels[int(rng.integers(len(labels)))]
-    if level == "fine":
-        return labels[-1]
-    if level == "coarse":
-        return labels[0]
-    raise ValueError(f"label_level must be random, fine or coarse, not {level!r}")
+    """The conditioning label of a training stem (`data.labels.label_at`)."""
+    return label_at(labels, level, rng, unlabelled)
 
 
 class ChunkPairDataset(Dataset):

@@ -57,6 +57,15 @@ class ClassConditioner(nn.Module):
                     return i
         return self.fallback
 
+    @property
+    def labels(self) -> list[str]:
+        """The labels it knows (its classes), as TextConditioner.labels: callers need not ask which kind it is."""
+        return list(self.classes)
+
+    def vectors(self) -> torch.Tensor:
+        """One conditioning vector per `labels` entry."""
+        return self.embedding.weight
+
     def forward(self, labels: list[str]) -> torch.Tensor:
         idx = to_device_async([self.class_index(l) for l in labels], self.embedding.weight.device)
         return self.embedding(idx)
@@ -74,6 +83,10 @@ class TextConditioner(nn.Module):
         self.register_buffer("table", torch.zeros(0, self.dim))
         # labels first seen in queries -> their embedding, least recently used first (not saved; see QUERY_LABELS)
         self.query_labels: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def vectors(self) -> torch.Tensor:
+        """One conditioning vector per `labels` entry (the saved text-embedding table)."""
+        return self.table
 
     def _embed(self, labels: list[str]) -> torch.Tensor:
         vectors = torch.from_numpy(get_text_encoder(self.backend, self.clap_model).encode(labels))

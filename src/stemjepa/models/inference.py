@@ -99,8 +99,7 @@ class InferenceMixin:
     @property
     def known_labels(self) -> list[str]:
         """Labels the model was trained with: the text table's labels, or the class names (none in phase 1)."""
-        kind = self.conditioning_kind
-        labels = [] if kind == "none" else self.conditioner.classes if kind == "classes" else self.conditioner.labels
+        labels = [] if self.conditioning_kind == "none" else self.conditioner.labels
         return sorted({str(label) for label in labels if str(label).strip()})
 
     @property

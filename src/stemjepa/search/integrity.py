@@ -12,16 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .walk import file_checksum
+
 BLOCK = 1 << 16
 SAMPLES = 16
 
 
 def full_digest(path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    """The checksum of the whole file: the one the library's files get (`walk.file_checksum`)."""
+    return file_checksum(path)
 
 
 def sample_digest(path, size: int) -> str:
