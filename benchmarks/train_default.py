@@ -289,9 +289,8 @@ model id `{model_id}`.
 
 ## Recipe
 
-1. Phase 1, config `{p1_config}` (contrastive InfoNCE on centred embeddings): {p1_steps} steps, batch {p1_batch},
-   {p1_seconds:.0f} s{p1_over}; last logged in-batch top-1 {p1_top1} (chance {p1_chance}).
-2. Phase 2, config `{p2_config}` (JEPA, EMA target encoder, FiLM on MiniLM), initialised from phase 1 (`--init`):
+1. {phase1_text}
+2. Phase 2, config `{p2_config}` (JEPA, EMA target encoder, FiLM on MiniLM), initialised from {p2_init} (`--init`):
    {p2_steps} steps, batch {p2_batch}, {p2_seconds:.0f} s{p2_over}; last logged in-batch top-1 {p2_top1} (chance {p2_chance}).
 
 Training time: {train_minutes:.1f} min ({device}; {cpu}, {cores} cores{gpu}; 1-minute load average {load} at the start and
@@ -395,6 +394,17 @@ def _round(x, digits: int):
     return round(x, digits) if isinstance(x, (int, float)) else x
 
 
+def phase1_text(p1: dict) -> str:
+    """The recipe's first line: phase 1 as trained, or the model a fine-tuning run (`--init`) started from."""
+    if p1.get("init"):
+        return (f"No phase 1: phase 2 fine-tunes the built-in model `{p1['init']}` (its architecture, encoder, EMA target "
+                "and predictor), whose own recipe is on its card.")
+    over = f", overrides {' '.join(p1['overrides'])}" if p1["overrides"] else ""
+    return (f"Phase 1, config `{p1['config']}` (contrastive InfoNCE on centred embeddings): {p1['steps']} steps, batch "
+            f"{p1['batch_size']},\n   {p1['seconds']:.0f} s{over}; last logged in-batch top-1 "
+            f"{p1['last_logged'].get('top1', 'n/a')} (chance {1 / p1['batch_size']:.3f}).")
+
+
 def render_card(card: dict) -> str:
     t, ev, arch = card["training"], card["evaluation"]["held_out"], card["architecture"]
     p1, p2 = t["phase1"], t["phase2"]
@@ -420,13 +430,12 @@ def render_card(card: dict) -> str:
         enc=f"{arch['embed_dim']} d, {arch['depth']} layers, {arch['heads']} heads, {arch['chunk_seconds']:g} s chunks",
         pred_layers=arch["predictor_layers"], n_labels=arch["n_text_labels"], params=arch["parameters"], file=card["file"],
         mb=card["bytes"] / 1e6, model_id=card["model_id"], corpus_text=corpus_text,
-        p1_config=p1["config"], p1_steps=p1["steps"], p1_batch=p1["batch_size"], p1_seconds=p1["seconds"],
-        p1_over=f", overrides {' '.join(p1['overrides'])}" if p1["overrides"] else "",
-        p1_top1=p1["last_logged"].get("top1", "n/a"), p1_chance=f"{1 / p1['batch_size']:.3f}",
+        phase1_text=phase1_text(p1), p2_init="phase 1" if p2.get("init", "phase 1") == "phase 1" else f"`{p2['init']}`",
         p2_config=p2["config"], p2_steps=p2["steps"], p2_batch=p2["batch_size"], p2_seconds=p2["seconds"],
         p2_over=f", overrides {' '.join(p2['overrides'])}" if p2["overrides"] else "",
         p2_top1=p2["last_logged"].get("top1", "n/a"), p2_chance=f"{1 / p2['batch_size']:.3f}",
-        load=" / ".join(f"{a}-{b}" for a, b in (p1.get("load_average") or ["?", "?"], p2.get("load_average") or ["?", "?"])),
+        load=" / ".join(f"{a}-{b}" for a, b in (p1.get("load_average") or ["?", "?"], p2.get("load_average") or ["?", "?"])
+                        if p1.get("steps") or (a, b) != ("?", "?")),
         one_query=100.0 / max(1, ev["n_queries"]),
         train_minutes=(p1["seconds"] + p2["seconds"]) / 60, device=t["device"], cpu=m["cpu"], cores=m["cpu_cores"],
         gpu=f", GPU {m['gpu']}" if m.get("gpu") and t["device"] != "cpu" else "",
@@ -463,6 +472,9 @@ def main(argv=None) -> int:
     ap.add_argument("--exclude-instruments", nargs="*", default=[], metavar="NAME",
                     help="instruments kept out of every training and held-out song (e.g. those of the generalisation "
                          "benchmark, so that its figures stay honest)")
+    ap.add_argument("--init", default=None, metavar="MODEL",
+                    help="fine-tune this model (a built-in name or a file) instead of training from scratch: no phase 1, "
+                         "phase 2 takes its architecture and continues its weights (`fit --init`)")
     ap.add_argument("--p1-minutes", type=float, default=None, help="time box of phase 1 (stops before its steps)")
     ap.add_argument("--p2-minutes", type=float, default=None, help="time box of phase 2")
     ap.add_argument("--generalization", action="store_true",
@@ -528,16 +540,25 @@ def main(argv=None) -> int:
     device = args.device
     p1_steps = args.p1_steps or load_config(args.p1_config).max_steps
     p2_steps = args.p2_steps or load_config(args.p2_config).max_steps
-    p1_ckpt, p1 = train_stage(out / "runs" / "phase1", args.p1_config, p1_steps, args.p1, train_dir, None, args.seed,
-                              device, {}, args.p1_minutes)
-    p2_ckpt, p2 = train_stage(out / "runs" / "phase2", args.p2_config, p2_steps, args.p2, train_dir, p1_ckpt, args.seed,
-                              device, {"phase1": digest(p1["spec"]), "phase1_seconds": p1["seconds"]}, args.p2_minutes)
+    if args.init:  # fine-tuning: no phase 1; phase 2 in the init's architecture, from its weights
+        from stemjepa.training.init_from import architecture_overrides, read_init
+
+        p1_ckpt, p1 = None, {"init": args.init, "seconds": 0.0, "steps": 0}
+        p2_over = architecture_overrides(read_init(args.init).model_config) + args.p2
+        p2_ckpt, p2 = train_stage(out / "runs" / "phase2", args.p2_config, p2_steps, p2_over, train_dir, args.init,
+                                  args.seed, device, {}, args.p2_minutes)
+    else:
+        p1_ckpt, p1 = train_stage(out / "runs" / "phase1", args.p1_config, p1_steps, args.p1, train_dir, None, args.seed,
+                                  device, {}, args.p1_minutes)
+        p2_ckpt, p2 = train_stage(out / "runs" / "phase2", args.p2_config, p2_steps, args.p2, train_dir, p1_ckpt,
+                                  args.seed, device, {"phase1": digest(p1["spec"]), "phase1_seconds": p1["seconds"]},
+                                  args.p2_minutes)
 
     # 4. evaluation
     eval_device = "cpu" if device == "cpu" else "auto"
     ev2 = evaluate(p2_ckpt, test_dir, out / "eval" / "phase2", eval_device)
-    ev1 = evaluate(p1_ckpt, test_dir, out / "eval" / "phase1", eval_device)
-    log(f"held-out (cosine): phase 2 {ev2['cosine']}, phase 1 {ev1['cosine']}, chance {ev2['chance']}")
+    ev1 = evaluate(p1_ckpt, test_dir, out / "eval" / "phase1", eval_device) if p1_ckpt else None
+    log(f"held-out (cosine): phase 2 {ev2['cosine']}, phase 1 {ev1 and ev1['cosine']}, chance {ev2['chance']}")
     gen = generalization_figures(args, p2_ckpt, out, eval_device) if args.generalization else None
 
     # 5. export, card, alias, MODEL_CARD.md
@@ -556,7 +577,8 @@ def main(argv=None) -> int:
         "created": created,
         "stemjepa_version": __version__,
         "model_id": str(model.model_id),
-        "summary": (f"{'tiny' if d <= 128 else 'small'} Stem-JEPA (phase 2, FiLM on MiniLM text) trained on "
+        "summary": (f"{'tiny' if d <= 128 else 'small'} Stem-JEPA (phase 2, FiLM on MiniLM text) "
+                    + (f"{args.init} fine-tuned on " if args.init else "trained on ") +
                     f"{train_stats['songs']} General-MIDI "
                     f"synthetic songs ({train_stats['hours']} h, {len(sfs)} soundfont{'s' if len(sfs) > 1 else ''}); "
                     f"held-out R@10 {res['R@10']:.1f}% (chance {ev2['chance']['R@10']:.1f}%)"),
@@ -581,14 +603,15 @@ def main(argv=None) -> int:
                        "train_seeds": [s["train_seed"] for s in sf_info], "test_seeds": [s["test_seed"] for s in sf_info],
                        "train": train_stats, "test": test_stats, "generator": "stemjepa synth (stemjepa.data.synth)",
                        "production": args.production, "excluded_instruments": list(args.exclude_instruments)},
-            "phase1": {"config": args.p1_config, "steps": p1.get("steps_reached") or p1_steps, "max_steps": p1_steps,
-                       "overrides": args.p1, "seconds": p1["seconds"],
-                       "batch_size": p1["batch_size"], "lr": p1["lr"], "last_logged": p1["last_logged"],
-                       "load_average": p1.get("load_average"), "checkpoint": str(p1_ckpt)},
+            "phase1": p1 if args.init else {
+                "config": args.p1_config, "steps": p1.get("steps_reached") or p1_steps, "max_steps": p1_steps,
+                "overrides": args.p1, "seconds": p1["seconds"], "batch_size": p1["batch_size"], "lr": p1["lr"],
+                "last_logged": p1["last_logged"], "load_average": p1.get("load_average"), "checkpoint": str(p1_ckpt)},
             "phase2": {"config": args.p2_config, "steps": p2.get("steps_reached") or p2_steps, "max_steps": p2_steps,
                        "overrides": args.p2, "seconds": p2["seconds"],
                        "batch_size": p2["batch_size"], "lr": p2["lr"], "last_logged": p2["last_logged"],
-                       "load_average": p2.get("load_average"), "checkpoint": str(p2_ckpt), "init": "phase 1"},
+                       "load_average": p2.get("load_average"), "checkpoint": str(p2_ckpt),
+                       "init": args.init or "phase 1"},
         },
         "evaluation": {
             "protocol": "Table I protocol on held-out songs: every non-silent stem is a query (the mix of the other stems "
@@ -596,7 +619,7 @@ def main(argv=None) -> int:
                         "norm_rank = rank / pool size",
             "held_out": {k: ev2[k] for k in ("cosine", "l2", "chance", "n_songs", "n_pool", "n_queries",
                                              "pool_diagnostics", "training_overlap")},
-            "phase1": {"cosine": ev1["cosine"], "l2": ev1["l2"]},
+            "phase1": {"cosine": ev1["cosine"], "l2": ev1["l2"]} if ev1 else None,
             "generalization": gen,
         },
         "machine": machine(),
