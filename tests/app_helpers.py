@@ -1,6 +1,7 @@
 """Builders shared by the web-app tests: a library copied from the toy corpus, its index, a mixes folder, a mix."""
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import time
@@ -25,7 +26,7 @@ def copy_library(toy_corpus: Path, dest: Path, songs: int = 4) -> Path:
 
 def index_library(library: Path, out: Path, checkpoint: Path) -> Path:
     model = load_model(checkpoint, device="cpu")
-    summary = build_index(library, out, model, checkpoint=checkpoint, batch_size=8, progress=False)
+    summary = build_index(library, out, model, model_ref=checkpoint, batch_size=8, progress=False)
     assert summary.failed == [], summary.failed
     return out
 
@@ -60,3 +61,21 @@ def run_query(client, body: dict) -> dict:
             return job
         time.sleep(0.05)
     raise AssertionError(f"query did not finish: {job}")
+
+
+@contextlib.contextmanager
+def serve_with_upload(toy_corpus: Path, checkpoint: Path, tmp: Path, song: str, upload_name: str):
+    """The app (FastAPI's test client) over an index of the toy library, with the mix of `song` without its bass
+    uploaded as `upload_name`: yields {"client", "engine", "mix", "upload" (its id)}."""
+    from fastapi.testclient import TestClient
+
+    from stemjepa.app import ServeConfig, create_app
+
+    lib = copy_library(toy_corpus, tmp / "lib")
+    mix, sr = mix_without(lib / song)
+    idx = index_library(lib, tmp / "idx", checkpoint)
+    with TestClient(create_app(ServeConfig(indexes=[idx], uploads=tmp / "uploads", device="cpu")),
+                    base_url="http://localhost") as client:
+        up = upload(client, wav_bytes(mix, sr), upload_name)
+        assert up.status_code == 201, up.text
+        yield {"client": client, "engine": client.app.state.engine, "mix": mix, "upload": up.json()["id"]}

@@ -19,6 +19,22 @@ os.environ.setdefault("STEMJEPA_ANALYSIS", "0")
 
 from toy import write_toy_corpus  # noqa: E402
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script benchmarks/NAME.py as a module (benchmarks are scripts, not a package; several reuse
+    train_default's stages, hence the folder on sys.path)."""
+    import importlib.util
+
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 TINY_OVERRIDES = ["data.batch_size=4", "data.num_workers=0", "model.encoder.depth=2", "checkpoint_every=1000"]
 
 

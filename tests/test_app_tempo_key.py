@@ -8,26 +8,18 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
-from app_helpers import MIX_SR, copy_library, index_library, mix_without, run_query, upload, wav_bytes
-from fastapi.testclient import TestClient
+from app_helpers import MIX_SR, run_query, serve_with_upload
 
 from stemjepa.analysis.compat import parse_bpm_filter, parse_key_filter
-from stemjepa.app import ServeConfig, create_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.analysis]
 
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint, toy_corpus, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app_tempo_key")
-    lib = copy_library(toy_corpus, tmp / "lib")
-    mix, sr = mix_without(lib / "toy_001")
-    idx = index_library(lib, tmp / "idx", tiny_checkpoint)
-    config = ServeConfig(indexes=[idx], uploads=tmp / "uploads", device="cpu")
-    with TestClient(create_app(config), base_url="http://localhost") as client:
-        up = upload(client, wav_bytes(mix, MIX_SR), "my song.wav")
-        assert up.status_code == 201, up.text
-        yield {"client": client, "engine": client.app.state.engine, "mix": mix, "upload": up.json()["id"]}
+    with serve_with_upload(toy_corpus, tiny_checkpoint, tmp_path_factory.mktemp("app_tempo_key"), "toy_001",
+                           "my song.wav") as served:
+        yield served
 
 
 def query(served, **fields) -> dict:

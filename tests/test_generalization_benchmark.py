@@ -1,26 +1,16 @@
 """benchmarks/generalization.py at the tiny size: its soundfont families, the pooled figures, and the `models` mode end to
 end on a held-out pool rendered with the soundfont every machine has (TimGM6mb, from pretty_midi) and production chains."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 pytestmark = pytest.mark.slow
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_benchmark():
-    sys.path.insert(0, str(BENCHMARKS))  # it reuses train_default's stages
-    spec = importlib.util.spec_from_file_location("generalization", BENCHMARKS / "generalization.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_soundfont_families_hold_out_lossy_and_mono_copies_together():
-    g = load_benchmark()
+    g = load_benchmark("generalization")
     assert g.family(Path("/x/FluidR3_GM.sf2")) == g.family(Path("/x/FluidR3Mono_GM.sf3")) == "fluidr3"
     assert g.family(Path("/x/MuseScore_General_Lite.sf3")) == g.family(Path("/x/MuseScore_General_Full.sf3")) == "musescore"
     assert g.family(Path("/x/OPL-3_FM_128M.sf2")) == "opl3-fm" and g.family(Path("/x/sf_GMbank.sf2")) == "csound-gmbank"
@@ -29,7 +19,7 @@ def test_soundfont_families_hold_out_lossy_and_mono_copies_together():
 
 
 def test_pooled_figures_weight_each_pool_by_its_queries():
-    g = load_benchmark()
+    g = load_benchmark("generalization")
     a = {"n_pool": 10, "n_queries": 10, **{p: {k: 10.0 for k in g.METRICS} for p in ("cosine", "l2", "chance")}}
     b = {"n_pool": 30, "n_queries": 30, **{p: {k: 50.0 for k in g.METRICS} for p in ("cosine", "l2", "chance")}}
     m = g.mean_row([a, b])
@@ -38,7 +28,7 @@ def test_pooled_figures_weight_each_pool_by_its_queries():
 
 def test_models_mode_renders_a_held_out_pool_and_reports_figures_next_to_chance(tiny_checkpoint, tmp_path, capsys):
     pytest.importorskip("pedalboard")
-    g = load_benchmark()
+    g = load_benchmark("generalization")
     out = tmp_path / "gen"
     argv = ["--out", str(out), "--test-families", "timgm6mb", "--test-songs", "2", "--test-seconds", "6", "--jobs", "1",
             "models", str(tiny_checkpoint)]

@@ -1,26 +1,18 @@
 """benchmarks/table1.py end to end at the tiny size: five rows trained for two steps each on a generic training folder, each
 evaluated on MUSDB18-HQ and MoisesDB fixtures written in their real layouts, the table printed beside the paper's numbers,
 and a second run that redoes nothing."""
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import load_benchmark
 from toy import write_toy_corpus
 
 pytestmark = pytest.mark.slow
 
 SR = 16000
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("table1", ROOT / "benchmarks" / "table1.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tone(f0: float, seconds: float, seed: int) -> np.ndarray:
@@ -69,7 +61,7 @@ def test_table1_benchmark_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypa
     argv = ["--train", str(train), "--musdb", str(musdb), "--moisesdb", str(moises), "--out", str(out), "--size", "tiny",
             "--steps", "2", "--device", "cpu", "--quiet", "--set", "data.batch_size=4", "--set", "data.num_workers=0",
             "--set", "model.encoder.depth=1", "--set", "checkpoint_every=1000", "--set", "log_every=1"]
-    bench = load_benchmark()
+    bench = load_benchmark("table1")
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
     assert "pool musdb: musdb18hq, split all, 3 songs" in printed  # Table I's pool: train and test tracks

@@ -1,28 +1,16 @@
 """benchmarks/train_gpu.py, the prepared device run of the built-in model: the parts that must be right before a lease is
 spent (weights cut into parts that come back and join to the card's bytes, the learning rate decaying over a time box,
 labels served from the precomputed table, the steps a time-boxed run reached)."""
-import importlib.util
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_script():
-    sys.path.insert(0, str(BENCHMARKS))  # it drives train_default's stages
-    spec = importlib.util.spec_from_file_location("train_gpu", BENCHMARKS / "train_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_weights_cut_into_parts_that_come_back_and_join_to_the_same_bytes(tmp_path, monkeypatch):
-    g = load_script()
+    g = load_benchmark("train_gpu")
     monkeypatch.setattr(g, "PART_MB", 1)
     data = np.random.default_rng(0).integers(0, 256, 2_500_000, dtype=np.uint8).tobytes()
     (tmp_path / "m.safetensors").write_bytes(data)
@@ -35,7 +23,7 @@ def test_weights_cut_into_parts_that_come_back_and_join_to_the_same_bytes(tmp_pa
 
 
 def test_adopt_refuses_parts_that_do_not_match_the_card(tmp_path):
-    g = load_script()
+    g = load_benchmark("train_gpu")
     (tmp_path / "card.json").write_text(json.dumps({"name": "m", "sha256": "0" * 64}))
     (tmp_path / "m.safetensors.part0").write_bytes(b"not the weights")
     with pytest.raises(SystemExit, match="sha256"):
@@ -44,7 +32,7 @@ def test_adopt_refuses_parts_that_do_not_match_the_card(tmp_path):
 
 
 def test_learning_rate_decays_over_the_time_box_when_the_steps_cannot_end_it(monkeypatch):
-    g = load_script()
+    g = load_benchmark("train_gpu")
     from stemjepa.training import module
 
     calls = {}
@@ -63,7 +51,7 @@ def test_learning_rate_decays_over_the_time_box_when_the_steps_cannot_end_it(mon
 
 
 def test_labels_come_from_the_table_and_an_unknown_path_falls_back_to_its_finest_known_level(tmp_path, monkeypatch):
-    g = load_script()
+    g = load_benchmark("train_gpu")
     from stemjepa.models import conditioning, text_encoders
 
     monkeypatch.setattr(conditioning, "get_text_encoder", conditioning.get_text_encoder)

@@ -3,10 +3,8 @@ are too long or of the wrong type, a mix whose analysis fails, and the fitted-au
 from __future__ import annotations
 
 import pytest
-from app_helpers import MIX_SR, copy_library, index_library, mix_without, run_query, upload, wav_bytes
-from fastapi.testclient import TestClient
+from app_helpers import run_query, serve_with_upload
 
-from stemjepa.app import ServeConfig, create_app
 from stemjepa.errors import AudioError
 
 pytestmark = [pytest.mark.slow, pytest.mark.analysis]
@@ -14,15 +12,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.analysis]
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint, toy_corpus, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app_tempo_key_faults")
-    lib = copy_library(toy_corpus, tmp / "lib")
-    mix, sr = mix_without(lib / "toy_002")
-    idx = index_library(lib, tmp / "idx", tiny_checkpoint)
-    with TestClient(create_app(ServeConfig(indexes=[idx], uploads=tmp / "uploads", device="cpu")),
-                    base_url="http://localhost") as client:
-        up = upload(client, wav_bytes(mix, MIX_SR), "song.wav")
-        assert up.status_code == 201, up.text
-        yield {"client": client, "engine": client.app.state.engine, "upload": up.json()["id"]}
+    with serve_with_upload(toy_corpus, tiny_checkpoint, tmp_path_factory.mktemp("app_tempo_key_faults"), "toy_002",
+                           "song.wav") as served:
+        yield served
 
 
 def post(served, **fields):

@@ -214,10 +214,13 @@ class Engine:
             while len(self._audio_cache) > 1 and sum(w.nbytes for w, _ in self._audio_cache.values()) > budget:
                 self._audio_cache.popitem(last=False)
 
+    def _cached(self, key) -> tuple[np.ndarray, int] | None:
+        with self._lock:
+            return self._audio_cache.get(key)
+
     def _native(self, path: Path) -> tuple[np.ndarray, int]:
         key = ("native", str(path))
-        with self._lock:
-            hit = self._audio_cache.get(key)
+        hit = self._cached(key)
         if hit is None:
             hit = load_playback(path, max_samples=self.max_samples)
             self._cache_audio(key, *hit)
@@ -242,8 +245,7 @@ class Engine:
                    filters: QueryFilters | None = None) -> dict:
         filters = filters or QueryFilters()
         job.report(f"decoding {mix_name}", 0.01)
-        with self._lock:
-            hit = self._audio_cache.get(("native", str(mix_path)))  # an upload, checked when it arrived
+        hit = self._cached(("native", str(mix_path)))  # an upload, checked when it arrived
         native, sr = hit if hit is not None else self.check_mix(mix_path, mix_name)
         model = h.index.model
         model_sr = model.sample_rate
@@ -314,16 +316,18 @@ class Engine:
         """The candidate from its matched offset, looped or trimmed to the mix, at the mix's rate."""
         rec, r = self.candidate(qid, rank)
         key = ("aligned", qid, rank)
-        with self._lock:
-            hit = self._audio_cache.get(key)
+        hit = self._cached(key)
         if hit is not None:
             return hit
-        lib = self.indexes[rec.index].library
-        path = lib.resolve(lib.relative(r.path))  # still inside the library, still there
-        cand, cand_sr = load_playback(path, max_samples=self.max_samples)
+        cand, cand_sr = load_playback(self._library_file(rec, r), max_samples=self.max_samples)
         out = align(cand, cand_sr, r.offset, rec.frames, rec.sample_rate), rec.sample_rate
         self._cache_audio(key, *out)
         return out
+
+    def _library_file(self, rec: QueryRecord, r: SearchResult) -> Path:
+        """A candidate's file, still inside its library and still there."""
+        lib = self.indexes[rec.index].library
+        return lib.resolve(lib.relative(r.path))
 
     def fitted(self, qid: str, rank: int) -> tuple[np.ndarray, int]:
         """The candidate fitted to the mix (tempo, key, downbeat; stemjepa.audio.fit), the mix's length and rate.
@@ -335,15 +339,12 @@ class Engine:
             raise StemJepaError(f"{rec.mix_name}: the tempo and key of this mix are unknown, so the candidate cannot be "
                                 "fitted to it (listen to it aligned instead)")
         key = ("fit", qid, rank)
-        with self._lock:
-            hit = self._audio_cache.get(key)
+        hit = self._cached(key)
         if hit is not None:
             return hit
-        lib = self.indexes[rec.index].library
-        path = lib.resolve(lib.relative(r.path))
+        path = self._library_file(rec, r)
         with self._fitting:
-            with self._lock:  # fitted by a request that held the semaphore before this one
-                hit = self._audio_cache.get(key)
+            hit = self._cached(key)  # fitted by a request that held the semaphore before this one
             if hit is not None:
                 return hit
             cand, cand_sr = load_playback(path, max_samples=self.max_samples)

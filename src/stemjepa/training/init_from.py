@@ -39,8 +39,7 @@ def read_init(ref: str) -> InitWeights:
     from ..models import load_model
 
     model = load_model(ref, device="cpu")  # a name or an export: checked against its config before allocation
-    return InitWeights(ref, {k: v.detach() if torch.is_tensor(v) else v for k, v in model.state_dict().items()},
-                       model.source.training_songs, model.config)
+    return InitWeights(ref, model.state_dict(), model.source.training_songs, model.config)  # tensors come detached
 
 
 def architecture_overrides(model_config) -> list[str]:
