@@ -16,8 +16,10 @@ Modes:
   train      train a recipe (phase 1 then phase 2, configs and overrides) on every other soundfont family and evaluate
              each saved checkpoint: R@10 against training minutes (the learning curve);
   loso       leave-one-soundfont-out: for every family, train the recipe on the others and test on it; mean over folds;
-  curve-of   the learning curve of a two-phase run trained elsewhere (train_default.py's runs/phase1, runs/phase2);
-  curve      plot every recorded curve, with the `models` results as reference lines.
+  curve-of   the learning curve of a run trained elsewhere (train_default.py's runs/phase1, runs/phase2; a fine-tuning
+             run, `--init`, has no phase 1 and starts with its init at minute 0);
+  curve      plot every recorded curve (--out's curves/ and the records kept in benchmarks/curves/), with the `models`
+             results and the built-in models' cards as reference lines.
 
 Usage:
   python benchmarks/generalization.py --out runs/gen models stemjepa-tiny-synth-v1 stemjepa-small-synth-v2
@@ -25,6 +27,8 @@ Usage:
   python benchmarks/generalization.py --out runs/gen train --name small --p1 model.encoder.embed_dim=192 ...
   python benchmarks/generalization.py --out runs/gen loso --name tiny --p1-steps 200 --p2-steps 300
   python benchmarks/generalization.py --out runs/gen curve-of --runs runs/default/runs --name small-v2   # a run made elsewhere
+  python benchmarks/generalization.py --out runs/gen curve-of --runs runs/v6/runs --name v6 --phases phase2 \
+      --init-model v5.safetensors                                     # a fine-tuning whose init is not built in
   python benchmarks/generalization.py --out runs/gen curve            # docs/img/generalization_curve.png from every run
 Renders, caches, runs and evaluations live under --out and are reused when re-run with the same settings. Run it under
 `nice` on a shared machine and one at a time: training times are part of the result.
@@ -54,6 +58,7 @@ from train_default import (  # noqa: E402 - the built-in model's own render / tr
     write_json,
 )
 
+KEPT_CURVES = Path(__file__).resolve().parent / "curves"  # curve records worth keeping (small JSON), plotted with --out's
 HELD_OUT_INSTRUMENTS = ("alto saxophone", "violin", "rhodes electric piano", "fretless bass", "clavinet",
                         "muted electric guitar")
 # soundfont families: files of one family share their samples (a mono or lossy copy, a lite / full edition), so a held-out
@@ -197,10 +202,13 @@ def train_recipe(out: Path, name: str, families: dict[str, list[Path]], args) ->
     return runs, data, {"corpus": stats, "phase1": p1, "phase2": p2}
 
 
-def curve_points(runs: Path, p1: dict, p2: dict) -> list[tuple[str, float, Path]]:
-    """(phase, training minutes, checkpoint) for every saved step checkpoint; minutes pro rata of the phase's time."""
-    points = []
-    for phase, stage, offset in (("phase1", p1, 0.0), ("phase2", p2, p1["seconds"])):
+def curve_points(runs: Path, p1: dict | None, p2: dict) -> list[tuple[str, float, Path]]:
+    """(phase, training minutes, checkpoint) for every saved step checkpoint; minutes pro rata of the phase's time.
+    A fine-tuning run (no phase 1, phase 2 from a model: `--init`) starts with that model at minute 0."""
+    points = [] if p1 else [("init", 0.0, Path(p2["spec"]["init"]))]  # a built-in name evaluates as itself
+    for phase, stage, offset in (("phase1", p1, 0.0), ("phase2", p2, p1["seconds"] if p1 else 0.0)):
+        if stage is None:
+            continue
         steps = stage.get("steps_reached") or stage["spec"].get("steps") or stage["config_resolved"]["max_steps"]
         for ck in sorted((runs / phase / "checkpoints").glob("step*.ckpt")):
             step = int(re.sub(r"\D", "", ck.stem))
@@ -209,7 +217,7 @@ def curve_points(runs: Path, p1: dict, p2: dict) -> list[tuple[str, float, Path]
 
 
 def curve_point(args, test: dict[str, Path], phase: str, minutes: float, ck: Path) -> tuple[dict, dict]:
-    """One point of a learning curve: checkpoint `ck` on every held-out pool (cached), and the pooled figures."""
+    """One point of a learning curve: checkpoint `ck` (or a model name) on every held-out pool (cached), pooled."""
     out = Path(args.out)
     per_pool = [evaluate_model(str(ck), pool, out / "eval" / digest([str(ck), str(pool)]), args.device)
                 for pool in test.values()]
@@ -253,18 +261,22 @@ def run_curve_of(args) -> list[tuple[str, str, dict]]:
     out, runs = Path(args.out), Path(args.runs)
     test = pools(out, args)
     stages = {ph: read_json(runs / ph / "stage.json") for ph in ("phase1", "phase2")}
-    missing = [ph for ph, st in stages.items() if not st]
+    fine_tuned = bool(stages["phase2"] and not stages["phase1"] and stages["phase2"]["spec"].get("init"))
+    missing = [ph for ph, st in stages.items() if not st and not (fine_tuned and ph == "phase1")]
     if missing:
         raise SystemExit(f"error: {runs}: no finished {' and '.join(missing)} (stage.json) to read a curve from")
     curve, rows = [], []
     for phase, minutes, ck in curve_points(runs, stages["phase1"], stages["phase2"]):
-        if phase not in args.phases:
+        if phase not in args.phases and phase != "init":
             continue
+        if phase == "init" and args.init_model:  # an init that is no built-in model (an intermediate not shipped)
+            ck = Path(args.init_model)
         point, m = curve_point(args, test, phase, minutes, ck)
         curve.append(point)
         rows.append((f"{args.name} {phase} {ck.name}", "all (weighted)", m))
     record = {"name": args.name, "runs": str(runs), "test_families": list(test), "curve": curve,
-              "p1": {"seconds": stages["phase1"]["seconds"], "spec": stages["phase1"]["spec"]},
+              "p1": ({"seconds": stages["phase1"]["seconds"], "spec": stages["phase1"]["spec"]} if stages["phase1"]
+                     else {"seconds": 0.0, "init": stages["phase2"]["spec"]["init"]}),
               "p2": {"seconds": stages["phase2"]["seconds"], "spec": stages["phase2"]["spec"]}}
     write_json(out / "curves" / f"{args.name}.json", record)
     return rows
@@ -286,6 +298,17 @@ def run_loso(args) -> list[tuple[str, str, dict]]:
     return rows
 
 
+def card_references(shown: set[str]) -> list[tuple[str, float]]:
+    """(name, pooled cosine R@10) of every built-in model whose card records this benchmark, newest name first."""
+    refs = []
+    for card_file in sorted((REPO / "src" / "stemjepa" / "weights").glob("stemjepa-*.json"), reverse=True):
+        card = read_json(card_file) or {}
+        pooled = ((card.get("evaluation") or {}).get("generalization") or {}).get("all") or {}
+        if card.get("name") not in shown and "cosine" in pooled:
+            refs.append((card["name"], pooled["cosine"]["R@10"]))
+    return refs
+
+
 def plot_curves(out: Path, png: Path) -> None:
     """R@10 on the held-out pools against training minutes, one line per recipe run (`train` mode records)."""
     import matplotlib
@@ -293,16 +316,16 @@ def plot_curves(out: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [read_json(p) for p in sorted((out / "curves").glob("*.json"))]
-    records = [r for r in records if r and r.get("curve")]
+    files = {p.name: p for d in (KEPT_CURVES, out / "curves") for p in sorted(d.glob("*.json"))}  # a fresh run wins
+    records = [r for r in (read_json(p) for p in files.values()) if r and r.get("curve")]
     if not records:
-        raise SystemExit(f"error: no learning curve under {out / 'curves'} (run the `train` mode first)")
+        raise SystemExit(f"error: no learning curve under {out / 'curves'} or {KEPT_CURVES} (run the `train` mode first)")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in records:
         xs = [p["minutes"] for p in r["curve"]]
         ax.plot(xs, [p["R@10"] for p in r["curve"]], marker="o", label=r["name"])
         p2 = [p for p in r["curve"] if p["phase"] == "phase2"]
-        if p2:
+        if p2 and not r["p1"].get("init"):
             ax.axvline(r["p1"]["seconds"] / 60, color=ax.lines[-1].get_color(), alpha=0.25, linestyle=":")
     shown = set()
     for table_file in sorted((out / "tables").glob("models-*.json"), reverse=True):  # newest first: one line per model
@@ -312,6 +335,10 @@ def plot_curves(out: Path, png: Path) -> None:
                 r10 = row["cosine"]["R@10"]
                 ax.axhline(r10, linestyle="-.", alpha=0.7, color=("C3", "C6", "C7", "C8", "C9")[(len(shown) - 1) % 5],
                            label=f"{row['model']} ({r10:.1f})")
+    for name, r10 in card_references(shown):
+        shown.add(name)
+        ax.axhline(r10, linestyle="-.", alpha=0.7, color=("C3", "C6", "C7", "C8", "C9")[(len(shown) - 1) % 5],
+                   label=f"{name} ({r10:.1f})")
     chance = records[0]["curve"][0]["chance R@10"]
     ax.axhline(chance, color="grey", linestyle="--", label=f"chance ({chance:.1f})")
     ax.set_xlabel("training minutes (this CPU; dotted: phase 1 -> phase 2)")
@@ -356,6 +383,8 @@ def main(argv=None) -> int:
     r.add_argument("--runs", required=True, help="folder holding phase1/ and phase2/ run folders")
     r.add_argument("--name", required=True)
     r.add_argument("--phases", nargs="+", default=["phase1", "phase2"], choices=["phase1", "phase2"])
+    r.add_argument("--init-model", default=None, metavar="PATH",
+                   help="a fine-tuning run's init, where its recorded name is not a built-in model")
     c = sub.add_parser("curve", help="plot every recorded learning curve")
     c.add_argument("--png", default=str(REPO / "docs" / "img" / "generalization_curve.png"))
     args = ap.parse_args(argv)

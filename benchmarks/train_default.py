@@ -396,9 +396,9 @@ def _round(x, digits: int):
 
 def phase1_text(p1: dict) -> str:
     """The recipe's first line: phase 1 as trained, or the model a fine-tuning run (`--init`) started from."""
-    if p1.get("init"):
-        return (f"No phase 1: phase 2 fine-tunes the built-in model `{p1['init']}` (its architecture, encoder, EMA target "
-                "and predictor), whose own recipe is on its card.")
+    if p1.get("init"):  # init_recipe: where the init came from, for an init that is not shipped with its own card
+        return (f"No phase 1: phase 2 fine-tunes the model `{p1['init']}` (its architecture, encoder, EMA target "
+                f"and predictor), {p1.get('init_recipe', 'whose own recipe is on its card')}.")
     over = f", overrides {' '.join(p1['overrides'])}" if p1["overrides"] else ""
     return (f"Phase 1, config `{p1['config']}` (contrastive InfoNCE on centred embeddings): {p1['steps']} steps, batch "
             f"{p1['batch_size']},\n   {p1['seconds']:.0f} s{over}; last logged in-batch top-1 "

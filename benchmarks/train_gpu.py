@@ -12,9 +12,11 @@ Two things differ from a CPU run of train_default.py, both for the time box:
   - the text labels are embedded from a table computed beforehand with the same MiniLM (`--labels`, made by
     `--make-labels` on a machine that has the text model), since the machine cannot hold the text model.
 
-Usage (see benchmarks/RESULTS.md, "Built-in model v3 on one GPU", for the exact calls and what they measured):
+Usage (see benchmarks/RESULTS.md, "Built-in model v3 on one GPU" and "Built-in model v5 on one GPU", for the exact calls,
+what travelled and what they measured):
   python benchmarks/train_gpu.py --make-labels .devcarry/labels.npz              # here, once
   python benchmarks/train_gpu.py --out /tmp/gpu --result $OUT --budget 530 --soundfonts A.sf3 B.sf2 --labels labels.npz
+  ... --init MODEL                  # fine-tune MODEL instead: no phase 1, the whole training time to phase 2
   python benchmarks/train_gpu.py --adopt RESULT_DIR --command "..."              # back here: join, measure, install
 --adopt joins the weight parts, checks them against the card, completes the card (the steps each phase reached, the
 exact device command, the generalisation pools of benchmarks/generalization.py measured here), and installs the weights,
@@ -226,6 +228,9 @@ def main(argv=None) -> int:
     ap.add_argument("--production", default="full", choices=["none", "full"])
     ap.add_argument("--exclude-instruments", nargs="*", default=list(HELD_OUT))
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--init", default=None, metavar="MODEL",
+                    help="fine-tune this model (a built-in name or a file): no phase 1, its architecture, the whole "
+                         "training time to phase 2 (train_default.py --init)")
     ap.add_argument("--name", default="stemjepa-small-synth-v3")
     ap.add_argument("--max-mb", type=float, default=32.0)
     args = ap.parse_args(argv)
@@ -249,10 +254,12 @@ def main(argv=None) -> int:
     left = args.budget - (time.time() - t_start) - args.reserve
     if left < 60:
         raise SystemExit(f"only {left:.0f} s left for training after rendering")
-    p1_min, p2_min = left * args.p1_share / 60, left * (1 - args.p1_share) / 60
-    log(f"{n} songs per soundfont; training {p1_min:.1f} + {p2_min:.1f} min")
-    shape = [f"model.encoder.embed_dim={args.embed_dim}", f"model.encoder.depth={args.depth}",
-             f"model.encoder.num_heads={args.heads}", f"data.batch_size={args.batch}", f"optim.lr={args.lr}",
+    p1_share = 0.0 if args.init else args.p1_share
+    p1_min, p2_min = left * p1_share / 60, left * (1 - p1_share) / 60
+    log(f"{n} songs per soundfont; training {p1_min:.1f} + {p2_min:.1f} min" + (f" from {args.init}" if args.init else ""))
+    shape = [] if args.init else [f"model.encoder.embed_dim={args.embed_dim}", f"model.encoder.depth={args.depth}",
+                                  f"model.encoder.num_heads={args.heads}"]  # a fine-tuned model keeps its init's shape
+    shape += [f"data.batch_size={args.batch}", f"optim.lr={args.lr}",
              f"optim.lr_batch_ref={args.batch}", f"optim.warmup_steps={args.warmup}", f"data.num_workers={args.workers}",
              "data.prefetch_factor=4", "checkpoint_every=100000", "log_every=25"]
     weights = out / "weights"
@@ -264,7 +271,7 @@ def main(argv=None) -> int:
                     "--p1-steps", "1000000", "--p2-steps", "1000000",
                     "--p1-minutes", f"{p1_min:.3f}", "--p2-minutes", f"{p2_min:.3f}",
                     "--jobs", str(args.jobs), "--device", args.device, "--max-mb", str(args.max_mb),
-                    "--p1", *shape, "--p2", *shape])
+                    *(["--init", args.init] if args.init else []), "--p1", *shape, "--p2", *shape])
     log(f"train_default returned {code} after {time.time() - t_start:.0f} s")
     if args.result:
         dest = Path(args.result)

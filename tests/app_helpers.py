@@ -79,3 +79,29 @@ def serve_with_upload(toy_corpus: Path, checkpoint: Path, tmp: Path, song: str, 
         up = upload(client, wav_bytes(mix, sr), upload_name)
         assert up.status_code == 201, up.text
         yield {"client": client, "engine": client.app.state.engine, "mix": mix, "upload": up.json()["id"]}
+
+
+@contextlib.contextmanager
+def app_page(url: str, **page_options):
+    """The web app at `url` in headless Chromium (Debian's `chromium`, driven by Playwright), once the page marks its
+    start-up finished; yields (page, errors) where errors collects the page's uncaught exceptions. Skips the test where
+    Chromium is not installed (`make test` as root installs it)."""
+    import pytest
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (`make test` as root installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox", "--mute-audio"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, **page_options)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url)
+            # wait for the page's own "start-up finished" mark, not for one of the things start-up fills
+            page.wait_for_selector("body[data-ready='true']", state="attached")
+            yield page, errors
+        finally:
+            browser.close()

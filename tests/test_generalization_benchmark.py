@@ -46,3 +46,23 @@ def test_models_mode_renders_a_held_out_pool_and_reports_figures_next_to_chance(
     held_out = {n.lower() for n in g.HELD_OUT_INSTRUMENTS}
     assert all(any(held_out & {x.lower() for x in st["labels"]} for st in s["stems"]) for s in songs)
     assert g.main(argv) == 0  # a second run reuses the renders and the evaluation
+
+
+def test_curve_of_a_fine_tuning_run_starts_with_its_init_at_minute_zero(tmp_path):
+    g = load_benchmark("generalization")
+    ckpts = tmp_path / "phase2" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for step in (100, 200, 400):
+        (ckpts / f"step{step:07d}.ckpt").write_bytes(b"")
+    p2 = {"seconds": 240.0, "steps_reached": 400, "spec": {"init": "stemjepa-small-synth-v3"}}
+    points = g.curve_points(tmp_path, None, p2)
+    assert points[0] == ("init", 0.0, Path("stemjepa-small-synth-v3"))
+    assert [(ph, m) for ph, m, _ in points[1:]] == [("phase2", 1.0), ("phase2", 2.0), ("phase2", 4.0)]
+
+
+def test_plot_reference_lines_come_from_the_built_in_cards():
+    g = load_benchmark("generalization")
+    refs = dict(g.card_references(set()))
+    card = json.loads((Path(g.REPO) / "src/stemjepa/weights/stemjepa-small-synth-v4.json").read_text())
+    assert refs["stemjepa-small-synth-v4"] == card["evaluation"]["generalization"]["all"]["cosine"]["R@10"]
+    assert "stemjepa-small-synth-v4" not in dict(g.card_references({"stemjepa-small-synth-v4"}))

@@ -72,7 +72,7 @@ SCRATCH = "scratch"
 # fine-tuning a built-in model: a tenth of the tiny recipe's peak learning rate would not move it, its own would undo it;
 # measured on the demo's held-out songs (2026-12-04, this 2-core CPU, 150 + 150 steps of 24): from stemjepa-small-synth-v3,
 # the model as it is R@1 40.2 / R@10 92.4, fine-tuned full model 44.6 / 92.4, contrastive baseline R@10 55.4; from v4
-# 38.0 / 91.3, 38.0 / 93.5, 54.3 (from scratch in the same demo: 20.7 / 51.1 and 21.7)
+# 38.0 / 91.3, 38.0 / 93.5, 54.3; from v6 39.1 / 92.4, 45.7 / 94.6, 57.6 (from scratch in the same demo: 20.7 / 51.1 and 21.7)
 FINETUNE = {"steps": 150, "overrides": ["optim.lr=2e-4", "optim.warmup_steps=20"]}
 SCRATCH_STEPS = 300
 BUILTIN_ROW = "built-in model as is"  # the init itself, before fine-tuning: what the fine-tuning adds

@@ -2,8 +2,11 @@
 
     snapshot-<S>.ids.npy        int64 row ids of shard S (the shard written by generation S), ascending; every id of
                                 a later shard is larger (SQLite's AUTOINCREMENT)
-    snapshot-<S>.vectors.npy    float32 (n, d) their L2-normalised file vectors (memory-mapped by queries)
-    snapshot-<S>.bf16.npy       the same in bfloat16 (exact index only): fast screening, re-scored in float32
+    snapshot-<S>.vectors.npy    float32 (n, d) their L2-normalised file vectors (memory-mapped by queries); float16
+                                when the parameters say `"storage": "float16"` (libraries whose float32 vectors
+                                would not fit in memory, vectors.vector_storage): the same file, half the size
+    snapshot-<S>.bf16.npy       the same in bfloat16 (exact index with float32 storage only): fast screening,
+                                re-scored in float32
     snapshot-<S>.ann.faiss      the shard's approximate index: ivfpq lists encoded with the quantisers every shard
                                 shares (merged into one index at load), or an hnsw graph (searched per shard)
     snapshot-<G>.deleted.npy    int64 ids, ascending, of the rows still in a shard of G that left the library
@@ -15,6 +18,8 @@ adds, and a tombstone list with the rows it removes: it writes and reads what ch
 is written under a temporary name and renamed (fsutil.atomic_write), the manifest last; the writer then commits
 `generation = N` with the manifest's size and checksum in SQLite (store.py), so a reader sees generation N - 1 or N,
 complete. The files of N - 1 are kept so that readers that opened it keep working; older unreferenced files go.
+A shard is written from index.sqlite a block of rows at a time and its index built from the file it wrote
+(vectors.StreamedRows, NpyRows): a 10M-file library is never held in memory.
 
 Compaction (one shard with every live row, the ivfpq quantisers retrained when the library size moved away from
 the trained one) happens only when worthwhile: the first build, a change of index type or parameters, a library of
@@ -46,14 +51,18 @@ from .integrity import check_file, check_snapshot, file_record, snapshot_record,
 from .scores import SAMPLE_SIZE, PoolStats
 from .store import FORMAT_VERSION, MetaStore, StemIndexError
 from .vectors import (
+    NpyRows,
+    StreamedRows,
     VectorSearcher,
     _same_ivfpq,
     bf16_bits,
     build_ann,
     import_faiss,
+    layout_params,
     merge_ivf,
     read_ann,
     save_vectors,
+    settle_params,
     stack_rows,
     write_ann,
 )
@@ -145,10 +154,11 @@ def load_snapshot(folder: Path, info: dict) -> Snapshot:
     gen = int(info.get("generation", 0))
     manifest = read_manifest(folder, info)
     kind = manifest["kind"]
+    storage = (manifest.get("params") or {}).get("storage", "float32")
     ids_parts, vec_parts, screen_parts, anns = [], [], [], []
     offset, last_id = 0, -1
     for shard in manifest["shards"]:
-        loaded = _load_shard(folder, gen, shard, kind, last_id)
+        loaded = _load_shard(folder, gen, shard, kind, last_id, storage)
         if loaded is None:
             continue  # a format-1 snapshot of an emptied library
         ids, vectors, screen, ann = loaded
@@ -182,9 +192,10 @@ def load_snapshot(folder: Path, info: dict) -> Snapshot:
     return Snapshot(gen, ids, searcher, _pool(vectors, dead))
 
 
-def _load_shard(folder: Path, gen: int, shard: dict, kind: str, last_id: int):
+def _load_shard(folder: Path, gen: int, shard: dict, kind: str, last_id: int, storage: str = "float32"):
     """(ids, memory-mapped vectors, bf16 screen or None, ANN or None) of one shard, checked against its recorded files
-    and the manifest; None for an empty one. FileNotFoundError / StemIndexError as `load_snapshot`."""
+    and the manifest (`storage`: the dtype of its vectors); None for an empty one. FileNotFoundError /
+    StemIndexError as `load_snapshot`."""
     paths = snapshot_paths(folder, shard["gen"])
     if not paths["ids"].exists():
         raise FileNotFoundError(paths["ids"])
@@ -198,6 +209,8 @@ def _load_shard(folder: Path, gen: int, shard: dict, kind: str, last_id: int):
         vectors = np.load(paths["vectors"], mmap_mode="r")
         if vectors.ndim != 2 or len(vectors) != len(ids) or not unit_rows_ok(vectors):
             raise ValueError("vectors do not match the ids or are not unit vectors")
+        if vectors.dtype != np.dtype(storage):
+            raise ValueError(f"vectors are {vectors.dtype}, the manifest says {storage}")
         if shard.get("rows") not in (None, len(ids)) or ids[0] <= last_id or np.any(np.diff(ids) <= 0):
             raise ValueError("row ids do not match the manifest")
         if kind == "exact":
@@ -298,21 +311,41 @@ def check_previous(store: MetaStore) -> Previous:
     return Previous(manifest)
 
 
-def write_shard(folder: Path, shard_gen: int, kind: str, ids: np.ndarray, vectors: np.ndarray, params: dict,
-                trained=None) -> dict:
-    """Write the files of one shard (`trained`: an ivfpq index whose quantisers encode it); returns its manifest entry."""
-    paths = snapshot_paths(folder, shard_gen)
-    written = ["ids", "vectors"]
+def write_shard(store: MetaStore, generation: int, kind: str, params: dict, after_id: int = 0,
+                trained=None) -> dict | None:
+    """Write the files of the shard of `generation`: the rows visible at it whose id is above `after_id`, read from
+    index.sqlite a block at a time, stored as params["storage"] says (`trained`: an ivfpq index whose quantisers
+    encode it); returns its manifest entry, or None when there are no such rows."""
+    dim = int(store.get("embed_dim"))
+    n = store.count_after(generation, after_id)
+    if n == 0:
+        return None
+    paths = snapshot_paths(store.folder, generation)
+    dtype = np.float16 if params.get("storage") == "float16" else np.float32
+    id_blocks = []
+
+    def blocks():
+        for ids, vectors in store.visible_vector_blocks(generation, dim, after_id):
+            id_blocks.append(ids)
+            yield vectors
+
+    try:
+        save_vectors(paths["vectors"], StreamedRows(blocks(), n, dim, dtype))
+    except ValueError as exc:  # rows that changed under the writer, or a stored vector of another width
+        raise StemIndexError(f"{paths['vectors']}: not written: {exc} ({store.db_path})") from None
+    ids = np.concatenate(id_blocks)
     save_vectors(paths["ids"], ids)
-    save_vectors(paths["vectors"], vectors)
-    if kind == "exact":
-        save_vectors(paths["bf16"], bf16_bits(vectors))  # screening copy for fast exact search
+    written = ["ids", "vectors"]
+    rows = NpyRows(paths["vectors"])  # what the index is built from: read back a block at a time
+    if kind == "exact" and dtype is np.float32:  # screening copy for fast exact search
+        bf16 = (bf16_bits(rows[a:a + 65536]) for a in range(0, n, 65536))
+        save_vectors(paths["bf16"], StreamedRows(bf16, n, dim, np.int16))
         written.append("bf16")
-    ann = build_ann(kind, vectors, params, previous=trained)
+    ann = build_ann(kind, rows, params, previous=trained)
     if ann is not None:
         write_ann(ann, paths["ann"])
         written.append("ann")
-    return {"gen": int(shard_gen), "rows": int(len(ids)), "first_id": int(ids[0]), "last_id": int(ids[-1]),
+    return {"gen": int(generation), "rows": int(len(ids)), "first_id": int(ids[0]), "last_id": int(ids[-1]),
             "files": snapshot_record({name: paths[name] for name in written})}
 
 
@@ -346,8 +379,8 @@ def _plan(store: MetaStore, generation: int, kind: str, params: dict, manifest: 
     def full() -> _Plan:  # ivfpq: the previous quantisers, when they fit, are reused (read only when needed)
         return _Plan(True, [], trained=_trained(store.folder, manifest, dim, params) if kind == "ivfpq" else None)
 
-    if (force_full or manifest is None or manifest.get("kind") != kind or (manifest.get("params") or {}) != params
-            or count <= COMPACT_BELOW_ROWS):
+    if (force_full or manifest is None or manifest.get("kind") != kind
+            or layout_params(manifest.get("params")) != layout_params(params) or count <= COMPACT_BELOW_ROWS):
         return full()
     shards = list(manifest["shards"])
     try:
@@ -358,7 +391,7 @@ def _plan(store: MetaStore, generation: int, kind: str, params: dict, manifest: 
     dead = dead.astype(np.int64)
     physical = sum(int(sh["rows"]) for sh in shards)
     last_id = int(shards[-1]["last_id"]) if shards else 0
-    added = _count_after(store, generation, last_id)
+    added = store.count_after(generation, last_id)
     if physical + added - len(dead) != count or len(dead) > MAX_DEAD_FRACTION * (physical + added):
         return full()  # tombstones past the threshold, or a snapshot that no longer matches index.sqlite: rebuild
     plan = _Plan(False, shards, last_id, dead)
@@ -375,28 +408,21 @@ def _plan(store: MetaStore, generation: int, kind: str, params: dict, manifest: 
     return plan
 
 
-def _count_after(store: MetaStore, generation: int, after_id: int) -> int:
-    q = "SELECT COUNT(*) FROM files WHERE id > ? AND gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?)"
-    return int(store.conn.execute(q, (int(after_id), generation, generation)).fetchone()[0])
-
-
 def publish_generation(store: MetaStore, generation: int, kind: str, params: dict, previous: Previous,
                        on_written: Callable[[], None] | None = None, force_full: bool = False) -> dict:
     """Write the snapshot of `generation` from the rows of index.sqlite (a shard of what it adds and the tombstones
     of what it removes, or a compaction) and commit it; returns its manifest. `on_written` runs when every file is
-    written, before the commit."""
+    written, before the commit. `params` are settled first (vectors.settle_params: the coarse quantiser that goes
+    with the kept lists, the storage kept near its threshold)."""
     folder = store.folder
     dim = int(store.get("embed_dim"))
     count = store.count_visible(generation)
+    before = previous.manifest.get("params") if previous.manifest is not None else None
+    params = settle_params(kind, params, count, dim, before)
     plan = _plan(store, generation, kind, params, previous.manifest, count, dim, force_full)
-    if plan.full:
-        ids, vectors = store.visible_vectors(generation, dim)
-        shards = [write_shard(folder, generation, kind, ids, vectors, params, plan.trained)] if len(ids) else []
-        dead = np.zeros(0, np.int64)
-    else:
-        ids, vectors = store.visible_vectors(generation, dim, after_id=plan.after_id)
-        new = [write_shard(folder, generation, kind, ids, vectors, params, plan.trained)] if len(ids) else []
-        shards, dead = plan.keep + new, plan.dead
+    shard = write_shard(store, generation, kind, params, 0 if plan.full else plan.after_id, plan.trained)
+    new = [shard] if shard is not None else []
+    shards, dead = (new, np.zeros(0, np.int64)) if plan.full else (plan.keep + new, plan.dead)
     deleted = None
     if len(dead):
         path = deleted_path(folder, generation)
