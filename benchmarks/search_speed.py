@@ -103,23 +103,6 @@ def make_library(path: Path, n: int, d: int, clusters: int, sigma: float, seed: 
     return vectors, np.load(str(path.with_suffix(".bf16.npy")), mmap_mode="r"), queries
 
 
-def time_searches(searcher: VectorSearcher, queries: np.ndarray, n_single: int, n_batches: int, k: int):
-    searcher.search(queries[:1], k)  # warm-up
-    singles = []
-    for i in range(n_single):
-        t = time.perf_counter()
-        searcher.search(queries[i:i + 1], k)
-        singles.append(time.perf_counter() - t)
-    batches, found = [], []
-    for b in range(n_batches):
-        q = queries[b * 100:(b + 1) * 100]
-        t = time.perf_counter()
-        _, pos = searcher.search(q, k)
-        batches.append(time.perf_counter() - t)
-        found.append(pos)
-    return statistics.median(singles), statistics.median(batches), np.concatenate(found)
-
-
 def io_counters() -> dict[str, int]:
     """wchar / write_bytes of this process (Linux /proc/self/io; zeros elsewhere)."""
     out = {"wchar": 0, "write_bytes": 0}
@@ -505,7 +488,8 @@ def type_row(args, name: str, vectors, screen, queries: np.ndarray, k: int) -> t
     build_s = time.perf_counter() - t
     build_mem = rss_mb() - rss0
     n_single = args.single_exact if kind == "exact" else args.single
-    single, batch, found = time_searches(searcher, queries, n_single, args.batches, k)
+    singles, batches, found = timed_queries(searcher, queries[:args.batches * 100], n_single, k)
+    single, batch = statistics.median(singles), statistics.median(batches)
     fp32_mb = vectors.nbytes / 2**20
     row = {"params": params, "single_queries_timed": n_single, "build_s": round(build_s, 1),
            "build_rss_mb": round(build_mem), "rss_growth_mb": round(rss_mb() - rss0),

@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from test_search_shards import Library  # the index folder written generation by generation
 
 from stemjepa.search import StemIndex
 from stemjepa.search import snapshot as snapshot_module
 from stemjepa.search import vectors as vectors_module
-from stemjepa.search.snapshot import check_previous, manifest_path, publish_generation, snapshot_paths
-from stemjepa.search.store import FileVectors, MetaStore
+from stemjepa.search.snapshot import check_previous, manifest_path, snapshot_paths
 from stemjepa.search.vectors import (
     NpyRows,
     StreamedRows,
@@ -26,7 +26,6 @@ from stemjepa.search.vectors import (
     settle_params,
     two_level_centroids,
 )
-from stemjepa.search.walk import FileInfo
 
 DIM = 32
 GB = 1 << 30
@@ -51,46 +50,6 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def exact_top(x: np.ndarray, q: np.ndarray, k: int = 10) -> np.ndarray:
     return np.argsort(-(normalize(q) @ x.T), axis=1, kind="stable")[:, :k]
-
-
-class Library:
-    """An index folder written generation by generation through MetaStore + publish_generation."""
-
-    def __init__(self, folder, kind: str, params: dict):
-        folder.mkdir(parents=True)
-        self.store = MetaStore(folder, create=True)
-        self.kind, self.params = kind, params
-        self.vectors: dict[int, np.ndarray] = {}
-        self.id_of: dict[str, int] = {}
-        with self.store.transaction():
-            for key, value in (("format_version", 2), ("model_id", "fake"), ("generation", 0), ("embed_dim", DIM),
-                               ("index_policy", kind), ("sample_rate", 16000)):
-                self.store.set(key, value)
-
-    def update(self, add: np.ndarray | None = None, remove=(), force_full: bool = False) -> list[int]:
-        s, ids = self.store, []
-        n = s.generation + 1
-        with s.transaction():
-            for v in [] if add is None else add:
-                path = f"/lib/{len(self.id_of)}.wav"
-                i = s.insert_row(FileInfo(path, 1, 1), "x", 1.0,
-                                 FileVectors(v, v[None], np.zeros(1, np.float32), np.ones(1, np.float32)), n)
-                self.vectors[i], self.id_of[path] = v, i
-                ids.append(i)
-            s.mark_removed(list(remove), n)
-        for i in remove:
-            self.vectors.pop(int(i))
-        publish_generation(s, n, self.kind, self.params, check_previous(s), force_full=force_full)
-        return ids
-
-    def ids_of(self, results) -> list[list[int]]:
-        return [[self.id_of[r.path] for r in rs] for rs in results]
-
-    def manifest(self) -> dict:
-        return json.loads(manifest_path(self.store.folder, self.store.generation).read_text())
-
-    def close(self):
-        self.store.close()
 
 
 @pytest.fixture()

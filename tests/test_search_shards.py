@@ -28,12 +28,12 @@ def clustered(n: int, seed: int) -> np.ndarray:
 class Library:
     """An index folder written generation by generation through MetaStore + publish_generation."""
 
-    def __init__(self, folder, kind: str, n_params: int = 600):
+    def __init__(self, folder, kind: str, params: dict | None = None, n_params: int = 600):
         folder.mkdir(parents=True)
         self.store = MetaStore(folder, create=True)
         self.kind = kind
-        self.params = default_params(kind, n_params, DIM)
-        if kind == "ivfpq":
+        self.params = params or default_params(kind, n_params, DIM)
+        if kind == "ivfpq" and params is None:
             self.params["trained_n"] = n_params
         self.vectors: dict[int, np.ndarray] = {}
         self.id_of: dict[str, int] = {}  # path -> row id
