@@ -14,6 +14,7 @@ from test_search_fakes import SR, FakeModel, tone, write, write_songs
 from stemjepa.search import StemIndex, StemIndexError, build_index
 from stemjepa.search.snapshot import snapshot_paths
 from stemjepa.search.store import MetaStore
+from stemjepa.search.vectors import StreamedRows
 
 
 def build(root, out, **kw):
@@ -110,7 +111,9 @@ def test_disk_full_during_index_is_one_line_and_keeps_the_old_index(indexed, mon
     monkeypatch.undo()
     assert len(query_ok(out)) == 3
 
-    monkeypatch.setattr(np, "save", disk_full_after(np.save, n_ok=1))  # the snapshot's vectors cannot be written
+    # the snapshot's vectors cannot be written (they are streamed from index.sqlite into the file block by block)
+    full = disk_full_after(None)
+    monkeypatch.setattr(StreamedRows, "write", lambda self, fh: full(fh))
     with pytest.raises(StemIndexError, match="disk full"):
         build(root, out)
     monkeypatch.undo()
