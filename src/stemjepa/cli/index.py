@@ -47,9 +47,10 @@ def add_parser(subparsers) -> None:
     many.add_argument("--workers", type=positive_int, default=1,
                       help="--engine: processes per node, one device each (default 1)")
     many.add_argument("--num-nodes", type=positive_int, default=1, help="--engine: number of nodes (default 1)")
-    from .embed import add_precision_option
+    from .embed import add_precision_option, add_quantize_option
 
     add_precision_option(p)
+    add_quantize_option(p)
     p.set_defaults(func=run)
 
 
@@ -68,6 +69,7 @@ def run(args) -> int:
     from ..models.registry import load_model
     from ..search.build import IndexOptions, build_index
     from ..search.parts import Cluster, embed_part, index_with_lightning, parts_folder
+    from .embed import set_quantize
 
     if args.engine is None and (args.workers > 1 or args.num_nodes > 1):
         from ..errors import StemJepaError
@@ -76,13 +78,18 @@ def run(args) -> int:
     options = IndexOptions(batch_size=args.batch_size, index_type=args.index_type, progress=not args.quiet,
                            allow_empty=args.allow_empty, precision=args.precision,
                            merge_from=str(parts_folder(args.out, args.parts)) if args.merge else None)
+
+    def load(device):
+        model = load_model(args.model, device=device)
+        set_quantize(model, args.quantize)
+        return model
+
     if args.engine == "lightning":
-        summary = index_with_lightning(args.dir, args.out, lambda device: load_model(args.model, device=device),
-                                       args.model, options, parts=args.parts,
+        summary = index_with_lightning(args.dir, args.out, load, args.model, options, parts=args.parts,
                                        cluster=Cluster(args.workers, args.num_nodes, args.device or "auto"))
         print(summary.text())
         return 1 if summary.failed else 0
-    model = load_model(args.model, device=args.device)
+    model = load(args.device)
     if args.shard is not None:
         summary = embed_part(args.dir, args.out, model, args.shard, options, parts=args.parts)
         print(summary.text())

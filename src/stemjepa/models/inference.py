@@ -3,7 +3,8 @@
 Chunks of consecutive tracks share forward passes (`iter_tracks`): a library of short one-shots runs full batches, not
 one tiny batch per file, and tracks are handed back in order as soon as their last chunk is done, so a caller can feed
 an iterator of waves decoded in background threads (`prefetch`) and decoding overlaps compute. Reduced precision
-(`precision`: auto, fp32, bf16, fp16) is chosen by models/precision.py.
+(`precision`: auto, fp32, bf16, fp16) is chosen by models/precision.py; the reference side's encoder can run in int8
+ONNX Runtime (`quantize`: auto, none, int8; models/int8.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from ..audio.io import array_to_mono
+from .int8 import Int8Encoder, check_quantize, default_quantize, int8_encoder, one_torch_thread, use_int8
 from .precision import autocast, check_precision, precision_name, resolve_precision
 
 
@@ -73,6 +75,13 @@ class _Track:
         self.done = 0
 
 
+def _masked_sums(z: torch.Tensor, valid: np.ndarray) -> np.ndarray:
+    """(b, d) sums of (b, F, T, d) patch embeddings over all frequency rows and the first `valid` time patches."""
+    z = z.float()
+    mask = torch.arange(z.shape[2], device=z.device)[None, :] < torch.from_numpy(valid).to(z.device)[:, None]
+    return torch.einsum("bftd,bt->bd", z, mask.to(z.dtype)).cpu().numpy()
+
+
 class InferenceMixin:
     """Methods of StemJEPA used by evaluation, search and the probes. All run without gradients on the model's device.
 
@@ -115,6 +124,25 @@ class InferenceMixin:
         self.precision = value
         return self
 
+    @property
+    def quantize(self) -> str:
+        """auto | none | int8: the reference side's encoder in int8 ONNX Runtime where it runs (models/int8.py);
+        default (or set to None) $STEMJEPA_QUANTIZE, else none."""
+        value = getattr(self, "_quantize", None)
+        return value if value is not None else default_quantize()
+
+    @quantize.setter
+    def quantize(self, value: str | None) -> None:
+        object.__setattr__(self, "_quantize", None if value is None else check_quantize(value))
+
+    def int8_encoder(self, precision: str | None = None, target: bool = True) -> Int8Encoder | None:
+        """The int8 runner of the reference side's encoder when `quantize` and `precision` (default: the model's)
+        call for it on this device (models/int8.py), else None."""
+        if not use_int8(self.quantize, precision or self.precision, self.device):
+            return None
+        encoder = self.target_encoder if (target and self.has_predictor) else self.encoder
+        return int8_encoder(encoder, self.frontend.cfg.n_mels, self.frontend.num_frames(self.chunk_samples))
+
     def autocast_dtype(self, precision: str | None = None) -> torch.dtype | None:
         """The autocast dtype used on this model's device: None (fp32), torch.bfloat16 or torch.float16."""
         return resolve_precision(precision or self.precision, self.device)
@@ -144,9 +172,14 @@ class InferenceMixin:
                 z = self.predict(self.encode(waves), labels)
             else:  # references: target encoder; mixes: context encoder
                 z = self.encode(waves, target=target and labels is None)
-        z = z.float()
-        mask = (torch.arange(z.shape[2], device=device)[None, :] < torch.from_numpy(valid).to(device)[:, None])
-        return torch.einsum("bftd,bt->bd", z, mask.to(z.dtype)).cpu().numpy()
+        return _masked_sums(z, valid)
+
+    @torch.no_grad()
+    def _pooled_int8(self, batch: np.ndarray, valid: np.ndarray, int8: Int8Encoder) -> np.ndarray:
+        """`_pooled` of a reference batch with the encoder in int8 (`int8_encoder`); the front-end and the pooling on one
+        PyTorch thread: its OpenMP team spinning after each small op beside the decoding threads cost more than the ops."""
+        with one_torch_thread():
+            return _masked_sums(int8(self.frontend(torch.from_numpy(batch).to(self.device))), valid)
 
     def iter_tracks(self, waves: Iterable[np.ndarray], labels: Iterable[str] | None = None, batch_size: int = 16,
                     target: bool = True, precision: str | None = None, *,
@@ -160,6 +193,7 @@ class InferenceMixin:
         dtype = self.autocast_dtype(precision)
         cs, ps, d = self.chunk_samples, self.patch_samples, self.embed_dim
         is_query = labels is not None
+        int8 = None if is_query else self.int8_encoder(precision, target)
         center = self._center(is_query)
         buf = np.zeros((batch_size, cs), dtype=np.float32)
         buf_valid = np.zeros(batch_size, dtype=np.int64)
@@ -169,7 +203,10 @@ class InferenceMixin:
 
         def run_batch() -> None:
             n = len(owners)
-            sums = self._pooled(buf[:n], buf_valid[:n], buf_labels[:n] if is_query else None, target, dtype)
+            if int8 is not None:
+                sums = self._pooled_int8(buf[:n], buf_valid[:n], int8)
+            else:
+                sums = self._pooled(buf[:n], buf_valid[:n], buf_labels[:n] if is_query else None, target, dtype)
             for (track, j), s in zip(owners, sums):
                 track.sums[j] = s
                 track.done += 1

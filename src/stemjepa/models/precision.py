@@ -54,6 +54,23 @@ def _proc_cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
+def _detect_cpu_flags(torch_keys: tuple[str, ...], proc_keys: tuple[str, ...], what: str) -> tuple[bool, str]:
+    """(any of the flags on this CPU, how it was decided): PyTorch's cpuinfo where it knows the x86 flags, else
+    /proc/cpuinfo (which also names Arm features); an unreadable CPU answers False, never a guess."""
+    caps = _torch_cpu_flags()
+    if caps is not None and any(k in caps for k in torch_keys):
+        found = [k for k in torch_keys if caps.get(k)]
+        if found:
+            return True, "torch cpuinfo: " + ", ".join(found)
+        if caps.get("architecture", "x86_64") in ("x86_64", "x86", "amd64"):
+            return False, "torch cpuinfo: no " + " / ".join(torch_keys)
+    flags = _proc_cpu_flags()
+    found = sorted(flags & set(proc_keys))
+    if found:
+        return True, "/proc/cpuinfo: " + ", ".join(found)
+    return False, f"no {what} flag ({', '.join(proc_keys)})" + ("" if flags else "; CPU flags not readable")
+
+
 def detect_cpu_bf16() -> tuple[bool, str]:
     """(native bf16 on this CPU, how it was decided). Not cached: see `cpu_has_native_bf16` for the cached answer."""
     env = os.environ.get(ENV_OVERRIDE, "").strip().lower()
@@ -61,18 +78,15 @@ def detect_cpu_bf16() -> tuple[bool, str]:
         return True, f"{ENV_OVERRIDE}={env}"
     if env in ("0", "false", "no", "off"):
         return False, f"{ENV_OVERRIDE}={env}"
-    caps = _torch_cpu_flags()
-    if caps is not None and ("avx512_bf16" in caps or "amx_bf16" in caps):
-        found = [k for k in ("avx512_bf16", "amx_bf16") if caps.get(k)]
-        if found:
-            return True, "torch cpuinfo: " + ", ".join(found)
-        if caps.get("architecture", "x86_64") in ("x86_64", "x86", "amd64"):
-            return False, "torch cpuinfo: no avx512_bf16 / amx_bf16"
-    flags = _proc_cpu_flags()
-    found = sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-    if found:
-        return True, "/proc/cpuinfo: " + ", ".join(found)
-    return False, "no native bf16 flag (avx512_bf16, amx_bf16, bf16)" + ("" if flags else "; CPU flags not readable")
+    return _detect_cpu_flags(("avx512_bf16", "amx_bf16"), ("avx512_bf16", "amx_bf16", "bf16"), "native bf16")
+
+
+def detect_cpu_int8() -> tuple[bool, str]:
+    """(int8 dot-product instructions on this CPU, how it was decided): x86 AVX512-VNNI, AVX-VNNI or AMX-INT8, Arm
+    dotprod (`asimddp`) or i8mm. Without them an x86 int8 matrix product goes through vpmaddubsw, whose 16-bit sums can
+    saturate, and is no faster than fp32: `--quantize auto` (models/int8.py) needs this check to pass."""
+    return _detect_cpu_flags(("avx512_vnni", "avx_vnni", "amx_int8"),
+                             ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"), "int8 dot-product")
 
 
 @functools.lru_cache(maxsize=1)
@@ -152,4 +166,4 @@ def describe(device="cpu") -> str:
 
 
 __all__ = ["PRECISIONS", "check_precision", "resolve_precision", "cpu_has_native_bf16", "detect_cpu_bf16", "autocast",
-           "precision_name", "describe"]
+           "precision_name", "describe", "detect_cpu_int8"]
