@@ -300,12 +300,13 @@ def run_loso(args) -> list[tuple[str, str, dict]]:
 
 def card_references(shown: set[str]) -> list[tuple[str, float]]:
     """(name, pooled cosine R@10) of every built-in model whose card records this benchmark, newest name first."""
+    from stemjepa.models.registry import builtin_models
+
     refs = []
-    for card_file in sorted((REPO / "src" / "stemjepa" / "weights").glob("stemjepa-*.json"), reverse=True):
-        card = read_json(card_file) or {}
-        pooled = ((card.get("evaluation") or {}).get("generalization") or {}).get("all") or {}
-        if card.get("name") not in shown and "cosine" in pooled:
-            refs.append((card["name"], pooled["cosine"]["R@10"]))
+    for name, entry in sorted(builtin_models().items(), reverse=True):
+        pooled = ((entry.card.get("evaluation") or {}).get("generalization") or {}).get("all") or {}
+        if name not in shown and "cosine" in pooled:
+            refs.append((name, pooled["cosine"]["R@10"]))
     return refs
 
 
