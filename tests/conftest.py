@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ os.environ.setdefault("STEMJEPA_CPU_BF16", "0")
 # indexes built by the suite store no tempo/key (the analyser costs about a second per file and the suite builds hundreds
 # of small indexes that do not test it); modules marked `analysis` turn it on (the fixture below)
 os.environ.setdefault("STEMJEPA_ANALYSIS", "0")
+# int8 encoder graphs built by `index`/`embed` in the suite (and its CLI subprocesses) go to a temp folder, not the
+# user's ~/.cache/stemjepa
+os.environ.setdefault("STEMJEPA_CACHE", tempfile.mkdtemp(prefix="stemjepa-test-cache-"))
 
 from toy import write_toy_corpus  # noqa: E402
 

@@ -119,6 +119,41 @@ def test_updates_add_a_shard_and_tombstones_that_never_come_back(tmp_path, kind)
     fresh.close()
 
 
+def test_an_ivfpq_update_writes_its_codes_not_the_coarse_quantiser(tmp_path):
+    import faiss
+
+    lib = Library(tmp_path / "idx", "ivfpq")
+    lib.update(clustered(600, 0))
+    added = lib.update(clustered(50, 1))
+    first, update = lib.manifest()["shards"]
+    assert "trained" in first["files"] and "quantizer" not in first
+    assert update["quantizer"] == "first shard" and "trained" not in update["files"]
+    files = [faiss.read_index(str(snapshot_paths(lib.store.folder, g)[name])) for g, name in ((2, "ann"), (1, "trained"))]
+    ann, trained = (faiss.extract_index_ivf(f) for f in files)  # `files` owns them
+    assert ann.ntotal == 50 and ann.quantizer.ntotal == 0  # an empty stand-in
+    assert trained.ntotal == 0 and trained.quantizer.ntotal == trained.nlist > 0
+    with StemIndex.open(lib.store.folder) as index:  # the update's rows are found through the first shard's lists
+        top = lib.ids_of(index.search_vectors(np.stack([lib.vectors[i] for i in added]), k=1))
+    assert np.mean([t[0] == i for t, i in zip(top, added)]) >= 0.95
+    manifest = lib.manifest()
+    reused = snapshot_module._trained(lib.store.folder, manifest, DIM, lib.params)
+    assert reused is not None and reused.ntotal == 0
+    del manifest["shards"][0]["files"]["trained"]  # a snapshot from before trained files: its own quantiser is read
+    assert snapshot_module._trained(lib.store.folder, manifest, DIM, lib.params).ntotal == 600
+    lib.close()
+
+
+def test_a_shard_without_its_quantiser_and_no_first_shard_is_damaged(tmp_path):
+    lib = Library(tmp_path / "idx", "ivfpq")
+    lib.update(clustered(600, 0))
+    lib.update(clustered(50, 1))
+    manifest = lib.manifest()
+    ann = snapshot_module.read_ann(snapshot_paths(lib.store.folder, 2)["ann"])
+    with pytest.raises(snapshot_module.StemIndexError, match="shard 2 .* damaged"):
+        snapshot_module._with_first_quantizer(lib.store.folder, 2, manifest["shards"][1], ann, [])
+    lib.close()
+
+
 def test_exact_search_with_tombstones_is_exact(tmp_path):
     lib = Library(tmp_path / "idx", "exact")
     base = lib.update(clustered(400, 0))

@@ -1,7 +1,8 @@
 """Log-mel front-end as a torch module, so it runs batched on the model's device and its statistics travel in the checkpoint."""
 from __future__ import annotations
 
-import librosa
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -18,12 +19,16 @@ class LogMelFrontend(nn.Module):
     def __init__(self, cfg: FrontendConfig):
         super().__init__()
         self.cfg = cfg
-        fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max,
-                                 htk=False, norm="slaney")
-        self.register_buffer("mel_fb", torch.from_numpy(fb).float(), persistent=True)  # (n_mels, n_fft // 2 + 1)
-        self.register_buffer("window", torch.hann_window(cfg.win_length, periodic=True), persistent=False)
+        self.register_buffer("mel_fb", _mel_filterbank(cfg), persistent=True)  # (n_mels, n_fft // 2 + 1)
+        self.reset_fixed_buffers()
         self.register_buffer("norm_mean", torch.tensor(float(cfg.norm_mean)))
         self.register_buffer("norm_std", torch.tensor(float(cfg.norm_std)))
+
+    def reset_fixed_buffers(self) -> None:
+        """The analysis window: computed, not saved (see fixed_buffer)."""
+        cfg = self.cfg
+        self.register_buffer("window", fixed_buffer((cfg.win_length,), lambda: torch.hann_window(cfg.win_length, periodic=True)),
+                             persistent=False)
 
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.cfg.hop_length + 1
@@ -45,3 +50,28 @@ class LogMelFrontend(nn.Module):
         """Store dataset statistics of the log-mel (e.g. measured on the training cache)."""
         self.norm_mean.fill_(float(mean))
         self.norm_std.fill_(float(std))
+
+
+def on_meta() -> bool:
+    """True inside `torch.device("meta")`, where models are built for their shapes (the architecture check) or to be given
+    the tensors of a file (`models.rebuild`)."""
+    return torch.empty(0).device.type == "meta"
+
+
+def fixed_buffer(shape: tuple[int, ...], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A buffer computed from the config and never saved: `compute()`, or on the meta device an empty tensor of its
+    `shape`, which `models.rebuild` replaces (`reset_fixed_buffers`) once the model holds its file's tensors. Meta-device
+    arithmetic (arange, hann_window) imports torch._dynamo, 1.0-1.4 s of every command's start-up."""
+    return torch.empty(shape) if on_meta() else compute()
+
+
+def _mel_filterbank(cfg: FrontendConfig) -> torch.Tensor:
+    """librosa's Slaney filterbank; only its shape on the meta device, where the model is built to be checked or to receive
+    the filterbank saved in its file (`models.rebuild`): importing librosa.filters (scipy.signal) is 1-2 s of start-up."""
+    if on_meta():
+        return torch.empty(cfg.n_mels, cfg.n_fft // 2 + 1)
+    import librosa
+
+    fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.f_min, fmax=cfg.f_max,
+                             htk=False, norm="slaney")
+    return torch.from_numpy(fb).float()

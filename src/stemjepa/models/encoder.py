@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..audio.frontend import fixed_buffer
 from ..config import EncoderConfig
 from ..errors import ConfigError
 
@@ -86,10 +87,16 @@ class ViTEncoder(nn.Module):
         self.grid = (n_mels // patch_size, n_frames // patch_size)
         self.embed_dim = embed_dim
         self.patch_embed = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.register_buffer("pos_embed", sincos_2d(embed_dim, *self.grid)[None], persistent=False)
+        self.reset_fixed_buffers()
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim)
         self._init_weights()
+
+    def reset_fixed_buffers(self) -> None:
+        """The sin-cos positions: computed, not saved (see audio.frontend.fixed_buffer)."""
+        grid, d = self.grid, self.embed_dim
+        self.register_buffer("pos_embed", fixed_buffer((1, grid[0] * grid[1], d), lambda: sincos_2d(d, *grid)[None]),
+                             persistent=False)
 
     def _init_weights(self) -> None:
         w = self.patch_embed.weight.data

@@ -55,15 +55,17 @@ from .vectors import (
     StreamedRows,
     VectorSearcher,
     _same_ivfpq,
+    add_rows,
     bf16_bits,
-    build_ann,
     import_faiss,
     layout_params,
     merge_ivf,
     read_ann,
     save_vectors,
     settle_params,
+    share_quantizer,
     stack_rows,
+    train_ann,
     write_ann,
 )
 
@@ -78,7 +80,7 @@ FULL_CHECK_BYTES = 256 << 20  # `index` checks in full the files of the previous
 def snapshot_paths(folder: Path, generation: int) -> dict[str, Path]:
     """The files of the shard written by `generation` (and of a format-1 snapshot)."""
     return {name: Path(folder) / f"snapshot-{generation}.{name}.{ext}"
-            for name, ext in (("ids", "npy"), ("vectors", "npy"), ("bf16", "npy"), ("ann", "faiss"))}
+            for name, ext in (("ids", "npy"), ("vectors", "npy"), ("bf16", "npy"), ("ann", "faiss"), ("trained", "faiss"))}
 
 
 def manifest_path(folder: Path, generation: int) -> Path:
@@ -164,6 +166,8 @@ def load_snapshot(folder: Path, info: dict) -> Snapshot:
         ids, vectors, screen, ann = loaded
         screen_parts.append(screen)
         if ann is not None:
+            if "quantizer" in shard:  # an update's shard: the coarse quantiser is the first shard's
+                ann = _with_first_quantizer(folder, gen, shard, ann, anns)
             anns.append((offset, ann))
         ids_parts.append(ids)
         vec_parts.append(vectors)
@@ -222,6 +226,17 @@ def _load_shard(folder: Path, gen: int, shard: dict, kind: str, last_id: int, st
     except FileNotFoundError:
         raise
     except (OSError, ValueError, RuntimeError) as exc:
+        raise StemIndexError(f"{folder}: shard {shard['gen']} of the snapshot of generation {gen} is damaged "
+                             f"({str(exc)[:120]}){REPAIR}") from None
+
+
+def _with_first_quantizer(folder: Path, gen: int, shard: dict, ann, anns: list):
+    """`ann` (a shard written without its coarse quantiser) given the first shard's; StemIndexError when it cannot be."""
+    try:
+        if shard["quantizer"] != "first shard" or not anns or anns[0][0] != 0:
+            raise ValueError(f"no first shard to take the coarse quantiser from ({shard['quantizer']!r})")
+        return share_quantizer(ann, anns[0][1])
+    except (ValueError, RuntimeError) as exc:
         raise StemIndexError(f"{folder}: shard {shard['gen']} of the snapshot of generation {gen} is damaged "
                              f"({str(exc)[:120]}){REPAIR}") from None
 
@@ -312,10 +327,14 @@ def check_previous(store: MetaStore) -> Previous:
 
 
 def write_shard(store: MetaStore, generation: int, kind: str, params: dict, after_id: int = 0,
-                trained=None) -> dict | None:
+                trained=None, full: bool = True) -> dict | None:
     """Write the files of the shard of `generation`: the rows visible at it whose id is above `after_id`, read from
     index.sqlite a block at a time, stored as params["storage"] says (`trained`: an ivfpq index whose quantisers
-    encode it); returns its manifest entry, or None when there are no such rows."""
+    encode it); returns its manifest entry, or None when there are no such rows.
+
+    ivfpq: the shard of a compaction (`full`) also writes its empty trained index (`trained` file); the shard of an
+    update is written without the coarse quantiser, which it shares with the first shard (manifest entry
+    "quantizer": "first shard"): an update writes its rows' codes, not the quantiser (50 MB in a 10M x 768 library)."""
     dim = int(store.get("embed_dim"))
     n = store.count_after(generation, after_id)
     if n == 0:
@@ -341,22 +360,35 @@ def write_shard(store: MetaStore, generation: int, kind: str, params: dict, afte
         bf16 = (bf16_bits(rows[a:a + 65536]) for a in range(0, n, 65536))
         save_vectors(paths["bf16"], StreamedRows(bf16, n, dim, np.int16))
         written.append("bf16")
-    ann = build_ann(kind, rows, params, previous=trained)
+    ann = train_ann(kind, rows, params, previous=trained)
+    shared = kind == "ivfpq" and not full
+    if kind == "ivfpq" and full:  # the trained quantisers alone, which the shards of later updates share
+        write_ann(ann, paths["trained"])
+        written.append("trained")
     if ann is not None:
-        write_ann(ann, paths["ann"])
+        add_rows(ann, rows)
+        write_ann(ann, paths["ann"], coarse_quantizer=not shared)
         written.append("ann")
-    return {"gen": int(generation), "rows": int(len(ids)), "first_id": int(ids[0]), "last_id": int(ids[-1]),
-            "files": snapshot_record({name: paths[name] for name in written})}
+    entry = {"gen": int(generation), "rows": int(len(ids)), "first_id": int(ids[0]), "last_id": int(ids[-1]),
+             "files": snapshot_record({name: paths[name] for name in written})}
+    if shared:
+        entry["quantizer"] = "first shard"
+    return entry
 
 
 def _trained(folder: Path, manifest: dict | None, dim: int, params: dict):
-    """The ivfpq quantisers of the previous snapshot (read from its smallest shard: all shards share them), when they
-    fit `params`; None otherwise."""
+    """The ivfpq quantisers of the previous snapshot, when they fit `params`; None otherwise. Read from the first
+    shard's trained index, or (snapshots written before it existed) from the smallest shard: all shards share them."""
     if manifest is None or manifest.get("kind") != "ivfpq" or not manifest["shards"]:
         return None
-    shard = min(manifest["shards"], key=lambda sh: sh.get("rows") or 0)
+    first = manifest["shards"][0]
+    if "trained" in (first.get("files") or {}):
+        path = snapshot_paths(folder, first["gen"])["trained"]
+    else:
+        own = [sh for sh in manifest["shards"] if "quantizer" not in sh]
+        path = snapshot_paths(folder, min(own, key=lambda sh: sh.get("rows") or 0)["gen"])["ann"]
     try:
-        index = read_ann(snapshot_paths(folder, shard["gen"])["ann"])
+        index = read_ann(path)
     except Exception:  # noqa: BLE001 - retrain instead
         return None
     return index if _same_ivfpq(index, dim, params) else None
@@ -420,7 +452,7 @@ def publish_generation(store: MetaStore, generation: int, kind: str, params: dic
     before = previous.manifest.get("params") if previous.manifest is not None else None
     params = settle_params(kind, params, count, dim, before)
     plan = _plan(store, generation, kind, params, previous.manifest, count, dim, force_full)
-    shard = write_shard(store, generation, kind, params, 0 if plan.full else plan.after_id, plan.trained)
+    shard = write_shard(store, generation, kind, params, 0 if plan.full else plan.after_id, plan.trained, plan.full)
     new = [shard] if shard is not None else []
     shards, dead = (new, np.zeros(0, np.int64)) if plan.full else (plan.keep + new, plan.dead)
     deleted = None

@@ -421,12 +421,45 @@ def _same_ivfpq(index, d: int, params: dict) -> bool:
             and two_level == (params.get("coarse") == "ivf") and opq == bool(params.get("opq")) and ivf.is_trained)
 
 
-def write_ann(index, path) -> None:
+def write_ann(index, path, coarse_quantizer: bool = True) -> None:
     """Write a FAISS index atomically (temp file + rename). FAISS writes through our file object, so a full disk is
-    an OSError with its errno (FAISS's own file writer would only raise a RuntimeError)."""
+    an OSError with its errno (FAISS's own file writer would only raise a RuntimeError).
+
+    `coarse_quantizer=False` (ivfpq): an empty quantiser is written in its place, for a shard that takes the first
+    shard's when read (share_quantizer); the index itself is left as it was."""
     faiss = import_faiss()
 
-    atomic_write(path, lambda fh: faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write)))
+    def write(fh):
+        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
+
+    if coarse_quantizer:
+        atomic_write(path, write)
+        return
+    ivf = faiss.extract_index_ivf(index)
+    quantizer, owns = ivf.quantizer, ivf.own_fields
+    placeholder = faiss.IndexFlatIP(ivf.d)  # kept alive by this frame while the index points to it
+    ivf.own_fields, ivf.quantizer = False, placeholder
+    try:
+        atomic_write(path, write)
+    finally:
+        ivf.quantizer, ivf.own_fields = quantizer, owns
+
+
+def share_quantizer(index, first):
+    """`index`, written without its coarse quantiser (write_ann), given the one of `first` (the same trained
+    quantisers: the first shard of the snapshot). `first` is kept alive as long as `index`."""
+    faiss = import_faiss()
+
+    ivf, source = faiss.extract_index_ivf(index), faiss.extract_index_ivf(first)
+    if ivf.quantizer.ntotal != 0 or ivf.nlist != source.nlist or ivf.d != source.d:
+        raise ValueError("the shard's lists do not fit the first shard's coarse quantiser")
+    placeholder = ivf.quantizer
+    if ivf.own_fields:  # the empty quantiser read from the file is freed by Python now, not by the index
+        placeholder.this.own(True)
+        ivf.own_fields = False
+    ivf.quantizer = source.quantizer
+    index.referenced_objects = [first]  # faiss's own idiom: keep `first` (owner of the quantiser) alive
+    return index
 
 
 def read_ann(path):
