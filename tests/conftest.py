@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,6 @@ os.environ.setdefault("STEMJEPA_CPU_BF16", "0")
 # indexes built by the suite store no tempo/key (the analyser costs about a second per file and the suite builds hundreds
 # of small indexes that do not test it); modules marked `analysis` turn it on (the fixture below)
 os.environ.setdefault("STEMJEPA_ANALYSIS", "0")
-# int8 encoder graphs built by `index`/`embed` in the suite (and its CLI subprocesses) go to a temp folder, not the
-# user's ~/.cache/stemjepa
-os.environ.setdefault("STEMJEPA_CACHE", tempfile.mkdtemp(prefix="stemjepa-test-cache-"))
 
 from toy import write_toy_corpus  # noqa: E402
 
@@ -40,6 +36,18 @@ def load_benchmark(name: str):
 
 
 TINY_OVERRIDES = ["data.batch_size=4", "data.num_workers=0", "model.encoder.depth=2", "checkpoint_every=1000"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def int8_cache(tmp_path_factory):
+    """int8 encoder graphs built by `index`/`embed` in the suite (and its CLI subprocesses) go to pytest's temp folder
+    (the last runs' are kept, older ones deleted), not to the user's ~/.cache/stemjepa."""
+    if "STEMJEPA_CACHE" in os.environ:
+        yield
+        return
+    os.environ["STEMJEPA_CACHE"] = str(tmp_path_factory.mktemp("int8-cache"))
+    yield
+    os.environ.pop("STEMJEPA_CACHE", None)
 
 
 @pytest.fixture(scope="session")

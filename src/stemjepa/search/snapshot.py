@@ -8,7 +8,10 @@
     snapshot-<S>.bf16.npy       the same in bfloat16 (exact index with float32 storage only): fast screening,
                                 re-scored in float32
     snapshot-<S>.ann.faiss      the shard's approximate index: ivfpq lists encoded with the quantisers every shard
-                                shares (merged into one index at load), or an hnsw graph (searched per shard)
+                                shares (merged into one index at load), or an hnsw graph (searched per shard); an
+                                update's ivfpq shard holds an empty coarse quantiser in place of the first shard's
+    snapshot-<S>.trained.faiss  ivfpq, the first shard (a compaction's) only: the empty trained index, read by the
+                                updates that encode new shards with its quantisers
     snapshot-<G>.deleted.npy    int64 ids, ascending, of the rows still in a shard of G that left the library
     snapshot-<G>.manifest.json  generation G: kind, parameters, its shards (rows, id range, each file's size and
                                 checksums) and its tombstone file

@@ -425,23 +425,16 @@ class MetaStore:
         rows = self.conn.execute(q, (generation, generation)).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
-    def visible_vectors(self, generation: int, dim: int, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 ascending, vectors float32 (n, dim)) of the rows visible at `generation` whose id is above
-        `after_id` (a range of the primary key: an update reads only the rows it adds)."""
-        blocks = list(self.visible_vector_blocks(generation, dim, after_id))
-        if not blocks:
-            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-        return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
-
     def count_after(self, generation: int, after_id: int) -> int:
         """How many rows visible at `generation` have an id above `after_id` (a range of the primary key)."""
         q = "SELECT COUNT(*) FROM files WHERE id > ? AND gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?)"
         return int(self.conn.execute(q, (int(after_id), generation, generation)).fetchone()[0])
 
     def visible_vector_blocks(self, generation: int, dim: int, after_id: int = 0, rows: int = 65536):
-        """The same as visible_vectors, `rows` at a time: (ids, float32 vectors) blocks in id order, each read by its
-        own statement from the last id on, so that a snapshot of 10M files (30.7 GB of float32 at 768-d) is written
-        without holding it."""
+        """(ids int64, float32 vectors (n, dim)) of the rows visible at `generation` whose id is above `after_id` (a
+        range of the primary key: an update reads only the rows it adds), `rows` at a time in id order, each block read
+        by its own statement from the last id on, so that a snapshot of 10M files (30.7 GB of float32 at 768-d) is
+        written without holding it."""
         q = ("SELECT id, vector FROM files WHERE id > ? AND gen_added <= ? AND (gen_removed IS NULL OR gen_removed > ?) "
              "ORDER BY id LIMIT ?")
         last = int(after_id)

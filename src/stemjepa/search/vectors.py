@@ -168,8 +168,8 @@ def _large_ivfpq_params(n: int, d: int) -> dict:
     """ivfpq from LARGE_IVF_ROWS (10M x 768: nlist 16384, m 96, nprobe 32, 2000 candidates, 655k training rows).
 
     - nlist: the power of two at or above 4 sqrt(n) (FAISS's guideline: 4-16 sqrt(n)); ~600 rows a list at 10M.
-      More lists would mean a slower add and a bigger quantiser, which every shard file carries (16384 x 768
-      floats: 50 MB).
+      More lists would mean a slower add and a bigger quantiser (16384 x 768 floats: 50 MB, written once per
+      compaction in the `trained` file; an update's shard shares it).
     - coarse "ivf": the lists' centroids in an IVF of sqrt(nlist) groups (COARSE_*), trained by two-level k-means
       (sqrt(nlist) clusters, each split in proportion to its rows): one flat k-means with 16k centroids over 655k
       rows would take hours on 2 cores, two levels take ~1 minute. A flat quantiser would scan nlist x d floats per
